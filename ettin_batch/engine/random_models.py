@@ -1,0 +1,170 @@
+"""Random-weight Ettin rerankers of the real shapes, saved in the real format.
+
+`random:ettin-17m` (or any other size in ETTIN_SHAPES) builds a sentence-transformers
+CrossEncoder folder with the same module chain, layer shapes and vocabulary size as
+the published model, random weights and a byte-level BPE tokenizer trained on the
+spot. Same shapes, same cost: the honest way to measure speed with no Hub access.
+Its scores mean nothing, and loading one logs a warning that says so.
+
+Building is deterministic (fixed seeds, fixed corpus), so every Ray worker that
+builds `random:ettin-17m` on its own node gets the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+RANDOM_PREFIX = "random:"
+CACHE_ENV = "ETTIN_BATCH_CACHE"
+_FORMAT_VERSION = "1"  # bump when the folder layout below changes
+
+
+@dataclass(frozen=True)
+class EttinShape:
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    vocab_size: int = 50368
+    local_attention: int = 128
+    global_every: int = 3
+    max_positions: int = 7999
+
+
+ETTIN_SHAPES: dict[str, EttinShape] = {
+    "ettin-17m": EttinShape(7, 256, 384, 4),
+    "ettin-32m": EttinShape(10, 384, 576, 6),
+    "ettin-68m": EttinShape(19, 512, 768, 8),
+    "ettin-150m": EttinShape(22, 768, 1152, 12),
+    "ettin-400m": EttinShape(28, 1024, 2624, 16),
+    "ettin-1b": EttinShape(28, 1792, 3840, 28),
+    # Not a published size: a few-MB model for smoke runs and tests.
+    "ettin-tiny": EttinShape(3, 64, 96, 1, vocab_size=2048, local_attention=16),
+}
+
+SPECIAL_TOKENS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+_WORDS = (
+    "the of and to in is was for on that with as by at from his her are were this which be or an has have "
+    "had not but what all when can there one their who more also been two would into first time its other "
+    "after only new most some could these than may over such where year people city state world used made "
+    "water river music film school war game team season series history system data model search query "
+    "document rank score index night cluster batch token vector light energy cell protein market health"
+).split()
+
+
+def synthetic_corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
+    """Deterministic English-like lines, enough for a tokenizer to learn common merges."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(_WORDS, k=rng.randint(5, 40))) for _ in range(n_lines)]
+
+
+def train_tokenizer(vocab_size: int, corpus: list[str], model_max_length: int):
+    """A byte-level BPE tokenizer with ModernBERT's pair template: [CLS] a [SEP] b [SEP]."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        model_max_length=model_max_length,
+    )
+
+
+def save_ettin_model(folder: str | os.PathLike, shape: EttinShape, *, seed: int = 0, corpus: list[str] | None = None,
+                     tokenizer=None) -> Path:
+    """Save a random-weight Ettin-format CrossEncoder to `folder` and return its path.
+
+    The module chain is the published one: Transformer(ModernBertModel) -> Pooling(cls)
+    -> Dense(H, H, no bias, GELU) -> LayerNorm(H) -> Dense(H, 1).
+    """
+    import torch
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.sentence_transformer.modules import Dense, LayerNorm, Pooling, Transformer
+    from transformers import ModernBertConfig, ModernBertModel
+
+    folder = Path(folder)
+    if tokenizer is None:
+        tokenizer = train_tokenizer(min(shape.vocab_size, 8000), corpus or synthetic_corpus(), shape.max_positions)
+    config = ModernBertConfig(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        local_attention=shape.local_attention,
+        global_attn_every_n_layers=shape.global_every,
+        max_position_embeddings=shape.max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
+    torch.manual_seed(seed)
+    base = folder / "_base"
+    ModernBertModel(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    h = shape.hidden
+    modules = [
+        Transformer(str(base), transformer_task="feature-extraction"),
+        Pooling(h, "cls"),
+        Dense(h, h, bias=False, activation_function=torch.nn.GELU()),
+        LayerNorm(h),
+        Dense(h, 1, activation_function=torch.nn.Identity(), module_output_name="scores"),
+    ]
+    CrossEncoder(modules=modules, activation_fn=torch.nn.Identity()).save(str(folder))
+    for f in base.iterdir():
+        f.unlink()
+    base.rmdir()
+    return folder
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "ettin-batch"))
+
+
+def random_model_path(name: str) -> Path:
+    """Local folder of `random:<shape>`, built once per machine and cached."""
+    shape_name = name[len(RANDOM_PREFIX):] if name.startswith(RANDOM_PREFIX) else name
+    if shape_name not in ETTIN_SHAPES:
+        raise ValueError(f"unknown random model {name!r}; choose one of: "
+                         + ", ".join(RANDOM_PREFIX + s for s in ETTIN_SHAPES))
+    shape = ETTIN_SHAPES[shape_name]
+    key = hashlib.sha1(f"{_FORMAT_VERSION}:{shape}".encode()).hexdigest()[:10]
+    folder = cache_dir() / "random" / f"{shape_name}-{key}"
+    if (folder / "modules.json").exists():
+        return folder
+    # Build beside the final folder and rename: concurrent builders on one node never see a half-written model.
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    save_ettin_model(tmp, shape)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process won the race; its model is identical
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

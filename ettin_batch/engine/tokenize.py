@@ -1,0 +1,128 @@
+"""Pair tokenization: (query, document) texts -> flat int32 token ids plus offsets.
+
+Runs anywhere a fast tokenizer runs (CPU workers in the Ray job), and its output
+travels as Arrow (`to_arrow` / `from_arrow`), so the GPU actor never touches text.
+Truncation is `longest_first` at `max_length`, the same call sentence-transformers'
+CrossEncoder makes, so token ids match the reference exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+# Column names used when tokenized pairs travel between Ray stages.
+IDS_COL = "_input_ids"
+SPLIT_COL = "_segment_a_len"
+TRUNC_COL = "_truncated"
+
+
+@dataclass
+class TokenizedPairs:
+    """A batch of tokenized pairs, unpadded.
+
+    input_ids: int32 [total_tokens], all pairs concatenated.
+    offsets:   int64 [n + 1], pair i is input_ids[offsets[i]:offsets[i + 1]].
+    segment_a: int32 [n] tokens of the first segment ([CLS] query [SEP]), only for
+               models that read token_type_ids (BERT); None otherwise.
+    truncated: bool [n], whether the pair was cut at max_length.
+    """
+
+    input_ids: np.ndarray
+    offsets: np.ndarray
+    segment_a: np.ndarray | None
+    truncated: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens per pair, int64 [n]."""
+        return np.diff(self.offsets)
+
+    @property
+    def num_truncated(self) -> int:
+        return int(self.truncated.sum())
+
+    def to_arrow(self) -> dict[str, pa.Array]:
+        """Columns to append to an Arrow batch: list<int32> ids, the segment split, the truncation flag."""
+        ids = pa.LargeListArray.from_arrays(pa.array(self.offsets, pa.int64()), pa.array(self.input_ids, pa.int32()))
+        cols = {IDS_COL: ids, TRUNC_COL: pa.array(self.truncated, pa.bool_())}
+        if self.segment_a is not None:
+            cols[SPLIT_COL] = pa.array(self.segment_a, pa.int32())
+        return cols
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table | pa.RecordBatch) -> TokenizedPairs:
+        """Inverse of `to_arrow`: reads the columns back without a Python loop."""
+        ids = table.column(IDS_COL)
+        if isinstance(ids, pa.ChunkedArray):
+            ids = ids.combine_chunks()
+        if ids.type != pa.large_list(pa.int32()):
+            ids = ids.cast(pa.large_list(pa.int32()))
+        # A sliced ListArray keeps its parent's offsets: rebase them to zero.
+        offsets = ids.offsets.to_numpy().astype(np.int64)
+        values = ids.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+        offsets = offsets - offsets[0]
+        split = None
+        if SPLIT_COL in table.column_names:
+            split = np.asarray(table.column(SPLIT_COL).to_numpy(zero_copy_only=False), dtype=np.int32)
+        truncated = np.asarray(table.column(TRUNC_COL).to_numpy(zero_copy_only=False), dtype=bool)
+        return cls(values.astype(np.int32, copy=False), offsets, split, truncated)
+
+    def take(self, index: np.ndarray) -> TokenizedPairs:
+        """The pairs at `index`, in that order."""
+        starts, ends = self.offsets[:-1][index], self.offsets[1:][index]
+        lengths = ends - starts
+        offsets = np.zeros(len(index) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        split = None if self.segment_a is None else self.segment_a[index]
+        return TokenizedPairs(self.input_ids[gather], offsets, split, self.truncated[index])
+
+
+def _check_texts(queries: Sequence[str], documents: Sequence[str]) -> None:
+    if len(queries) != len(documents):
+        raise ValueError(f"queries and documents differ in length: {len(queries)} queries, {len(documents)} documents")
+    for name, texts in (("query", queries), ("document", documents)):
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValueError(f"{name} at index {i} is {type(text).__name__}, not a string; drop or fill it first")
+
+
+class PairTokenizer:
+    """The model's fast tokenizer, set up for pairs: longest_first truncation, no padding."""
+
+    def __init__(self, hf_tokenizer, max_length: int):
+        if not getattr(hf_tokenizer, "is_fast", False) and not hasattr(hf_tokenizer, "_tokenizer"):
+            raise ValueError("ettin-batch needs a fast (Rust) tokenizer; the model folder has no tokenizer.json")
+        self.max_length = int(max_length)
+        self.uses_token_types = "token_type_ids" in hf_tokenizer.model_input_names
+        self.pad_token_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0
+        # The Rust tokenizer, configured once; HF's __call__ does the same per call.
+        self._backend = hf_tokenizer._tokenizer
+        self._backend.no_padding()
+        self._backend.enable_truncation(self.max_length, strategy="longest_first")
+
+    @classmethod
+    def from_pretrained(cls, path: str, max_length: int) -> PairTokenizer:
+        from transformers import AutoTokenizer
+
+        return cls(AutoTokenizer.from_pretrained(path), max_length)
+
+    def __call__(self, queries: Sequence[str], documents: Sequence[str]) -> TokenizedPairs:
+        """Tokenize pairs; raises ValueError naming the index of a non-string text."""
+        _check_texts(queries, documents)
+        encodings = self._backend.encode_batch(list(zip(queries, documents)), add_special_tokens=True)
+        ids = pa.array([e.ids for e in encodings], pa.large_list(pa.int32()))
+        truncated = np.fromiter((len(e.overflowing) > 0 for e in encodings), bool, len(encodings))
+        split = None
+        if self.uses_token_types:
+            split = np.fromiter((e.type_ids.count(0) for e in encodings), np.int32, len(encodings))
+        offsets = ids.offsets.to_numpy().astype(np.int64)
+        values = ids.values.to_numpy(zero_copy_only=False) if len(ids.values) else np.zeros(0, np.int32)
+        return TokenizedPairs(values.astype(np.int32, copy=False), offsets, split, truncated)
