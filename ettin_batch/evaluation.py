@@ -1,0 +1,413 @@
+"""Evaluate a run against relevance judgments, with the numbers pytrec_eval gives.
+
+    ettin-batch eval --run OUT/scores --qrels qrels.txt --metrics ndcg@10,mrr@10,recall@100,map
+
+Why wrap pytrec_eval instead of computing the metrics here: the contract is
+"equal to pytrec_eval (what BEIR and MTEB report) to 1e-6", and the only way to
+keep that true for every metric, tie and empty query, now and after the next
+trec_eval fix, is to let the reference compute it. Its cost is building
+{query: {doc: score}} dicts, which we bound by reading only the id and score
+columns and keeping only judged queries: evaluation is limited by the size of
+the qrels, not of the run. Everything around the metric (reading, validation,
+the mrr@k cut, averaging, the baseline) is Arrow here.
+
+Semantics, all inherited from pytrec_eval / trec_eval and reported as warnings:
+- documents are ranked by score descending, ties by doc_id descending (byte order);
+  a rank column in the run (topk/, TREC files) is ignored, as trec_eval ignores it;
+- a run query with no judgments is skipped; a judged query absent from the run is
+  skipped too (trec_eval's default, not `-c`), so the mean is over the queries in both;
+- a judged query with no relevant document (all grades <= 0) is kept and scores 0
+  on every metric, so it lowers the mean;
+- a document is relevant at grade >= 1; nDCG uses the grade as gain, negatives count 0.
+Metric names: ndcg, ndcg@k, map, map@k, recall@k, p@k, mrr, mrr@k. pytrec_eval
+has no cut recip_rank, so mrr@k is recip_rank where the first relevant document
+is within rank k and 0 otherwise, which is recip_rank on the run cut at k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ettin_batch import trec
+from ettin_batch.trec import TrecInputError
+
+DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map")
+
+
+class EvaluationError(TrecInputError):
+    """Input that would silently skew a metric: conflicting duplicates, bad grades, no overlap."""
+
+
+class EvaluationWarning(UserWarning):
+    """Input pytrec_eval accepts but that changes what the mean covers; the message gives counts."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A user-facing metric name mapped onto a pytrec_eval measure.
+
+    measure: what RelevanceEvaluator is asked for ("ndcg_cut.10").
+    key:     the key in its per-query output ("ndcg_cut_10").
+    cut:     for mrr@k, the rank k beyond which recip_rank counts 0; None otherwise.
+    """
+
+    name: str
+    measure: str
+    key: str
+    cut: int | None = None
+
+
+_CUT_MEASURES = {"ndcg": "ndcg_cut", "map": "map_cut", "recall": "recall", "p": "P"}
+
+
+def parse_metric(name: str) -> Metric:
+    """Parse "ndcg@10", "mrr@10", "recall@100", "map", "p@5", ... into a `Metric`."""
+    text = name.strip().lower()
+    m = re.fullmatch(r"(ndcg|map|recall|p|mrr)(?:@(\d+))?", text)
+    if m is None or (m.group(2) is not None and int(m.group(2)) < 1):
+        raise EvaluationError(
+            f"unknown metric {name!r}; use ndcg, ndcg@k, map, map@k, recall@k, p@k, mrr or mrr@k (k >= 1)"
+        )
+    base, k = m.group(1), m.group(2)
+    if base == "mrr":
+        return Metric(text, "recip_rank", "recip_rank", int(k) if k else None)
+    if k is None:
+        if base in ("recall", "p"):
+            raise EvaluationError(f"metric {name!r} needs a cutoff, e.g. {base}@100")
+        return Metric(text, base, base)
+    measure = _CUT_MEASURES[base]
+    return Metric(text, f"{measure}.{k}", f"{measure}_{k}")
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_qrels(qrels: str | pa.Table) -> pa.Table:
+    """Read judgments from a TREC qrels file, a Parquet file/folder (query_id, doc_id, relevance) or a Table.
+
+    Returns query_id, doc_id (strings) and relevance (int64). Grades must be
+    integers (pytrec_eval's rule): a non-numeric or fractional grade is an error
+    with the count and an example; a null id or grade too.
+    """
+    where = qrels if isinstance(qrels, str) else "qrels table"
+    if isinstance(qrels, str) and not trec.is_parquet(qrels):
+        return trec.read_trec_qrels(qrels)
+    if isinstance(qrels, str):
+        table = trec.read_parquet_columns(qrels, ["query_id", "doc_id", "relevance"], "qrels")
+    else:
+        table = qrels.select(["query_id", "doc_id", "relevance"])
+    for col in ("query_id", "doc_id", "relevance"):
+        nulls = table[col].null_count
+        if nulls:
+            raise EvaluationError(f"{where}: {nulls} row(s) have a null {col}")
+    return pa.table(
+        {
+            "query_id": trec.ids_as_strings(table["query_id"]),
+            "doc_id": trec.ids_as_strings(table["doc_id"]),
+            "relevance": _integer_grades(table["relevance"], where),
+        }
+    )
+
+
+def _integer_grades(col: pa.ChunkedArray, where: str) -> pa.ChunkedArray:
+    if pa.types.is_integer(col.type):
+        return pc.cast(col, pa.int64())
+    if pa.types.is_floating(col.type):
+        values = col.to_numpy()
+        bad = ~np.isfinite(values) | (values != np.round(values))
+    elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        values = np.array(col.to_pylist(), dtype=object)
+        bad = np.array([not _is_int_text(v) for v in values], dtype=bool)
+    else:
+        raise EvaluationError(f"{where}: relevance must hold integer grades, got type {col.type}")
+    if bad.any():
+        raise EvaluationError(
+            f"{where}: {int(bad.sum())} relevance value(s) are not integer grades "
+            f"(first: {values[bad][0]!r}); pytrec_eval accepts integers only"
+        )
+    return pa.chunked_array([pa.array([int(float(v)) for v in values], pa.int64())])
+
+
+def _is_int_text(value: str) -> bool:
+    try:
+        int(value.strip())
+        return True
+    except ValueError:
+        return False
+
+
+def read_run(run: str | pa.Table, score_col: str = "score", baseline_col: str | None = None) -> pa.Table:
+    """Read a run: a job output folder (its scores/), a scores/ or topk/ Parquet folder, a Parquet file, a TREC run file, or a Table.
+
+    Returns query_id, doc_id (strings), score (float64) and, if asked, the
+    baseline column (float64). Only these columns are read from Parquet.
+    """
+    columns = ["query_id", "doc_id", score_col] + ([baseline_col] if baseline_col else [])
+    if isinstance(run, pa.Table):
+        missing = [c for c in columns if c not in run.column_names]
+        if missing:
+            raise EvaluationError(f"run table needs column(s) {missing}; found {run.column_names}")
+        table = run.select(columns)
+    elif trec.is_parquet(run):
+        fs, p = trec.url_to_fs(run)
+        if fs.isdir(p) and fs.isdir(p.rstrip("/") + "/scores"):
+            # A whole job output folder: evaluate the full-depth scores, not topk.
+            run = run.rstrip("/") + "/scores"
+        table = trec.read_parquet_columns(run, columns, "the run")
+    else:
+        if baseline_col:
+            raise EvaluationError(
+                f"{run}: a TREC run file has one score per line, so there is no {baseline_col!r} column; "
+                "point --run at the job's scores/ folder, which keeps pass-through columns"
+            )
+        table = trec.read_trec_run(run)
+        score_col = "score"
+    out = {
+        "query_id": trec.ids_as_strings(table["query_id"]),
+        "doc_id": trec.ids_as_strings(table["doc_id"]),
+        "score": pc.cast(table[score_col], pa.float64()),
+    }
+    if baseline_col:
+        out[baseline_col] = pc.cast(table[baseline_col], pa.float64())
+    return pa.table(out)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _warn(messages: list[str], text: str) -> None:
+    messages.append(text)
+    warnings.warn(text, EvaluationWarning, stacklevel=3)
+
+
+def _dedupe_qrels(qrels: pa.Table, notes: list[str]) -> pa.Table:
+    """Identical duplicate judgments are dropped with a warning; conflicting grades are an error."""
+    counts = qrels.group_by(["query_id", "doc_id"]).aggregate(
+        [("relevance", "count"), ("relevance", "min"), ("relevance", "max")]
+    )
+    if counts.num_rows == qrels.num_rows:
+        return qrels
+    conflicts = counts.filter(pc.not_equal(counts["relevance_min"], counts["relevance_max"]))
+    if conflicts.num_rows:
+        first = conflicts.slice(0, 1).to_pylist()[0]
+        raise EvaluationError(
+            f"qrels: {conflicts.num_rows} (query_id, doc_id) pair(s) are judged more than once with different grades "
+            f"(first: query {first['query_id']!r}, doc {first['doc_id']!r}, grades {first['relevance_min']}..{first['relevance_max']}); "
+            "keep one grade per pair"
+        )
+    _warn(notes, f"qrels: {qrels.num_rows - counts.num_rows} duplicate judgment(s) with the same grade were dropped")
+    return counts.select(["query_id", "doc_id", "relevance_min"]).rename_columns(["query_id", "doc_id", "relevance"])
+
+
+def _check_run(run: pa.Table, cols: list[str], notes: list[str]) -> pa.Table:
+    """Duplicate (query, doc) rows are an error (which score counts?); null or NaN scores are dropped with a warning."""
+    for col in ("query_id", "doc_id"):
+        if run[col].null_count:
+            raise EvaluationError(f"run: {run[col].null_count} row(s) have a null {col}")
+    pairs = run.group_by(["query_id", "doc_id"]).aggregate([])
+    if pairs.num_rows != run.num_rows:
+        counts = run.group_by(["query_id", "doc_id"]).aggregate([("doc_id", "count")])
+        dup = counts.filter(pc.greater(counts["doc_id_count"], 1))
+        first = dup.slice(0, 1).to_pylist()[0]
+        raise EvaluationError(
+            f"run: {dup.num_rows} (query_id, doc_id) pair(s) appear more than once "
+            f"(first: query {first['query_id']!r}, doc {first['doc_id']!r}, {first['doc_id_count']} times); "
+            "a run must score each pair once"
+        )
+    for col in cols:
+        bad = pc.or_kleene(pc.is_null(run[col]), pc.is_nan(run[col])).fill_null(True)
+        n_bad = pc.sum(bad).as_py() or 0
+        if n_bad:
+            _warn(notes, f"run: {n_bad} row(s) with a null or NaN {col!r} were dropped")
+            run = run.filter(pc.invert(bad))
+    return run
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def _qrels_dict(qrels: pa.Table) -> dict[str, dict[str, int]]:
+    qrels = qrels.take(pc.sort_indices(qrels, sort_keys=[("query_id", "ascending")]))
+    starts = trec.group_starts(qrels["query_id"])
+    qids = qrels["query_id"].to_pylist()
+    docs = qrels["doc_id"].to_pylist()
+    rels = qrels["relevance"].to_pylist()
+    return {qids[s]: dict(zip(docs[s:e], rels[s:e])) for s, e in zip(starts[:-1], starts[1:])}
+
+
+def _run_dict(run: pa.Table, score_col: str) -> dict[str, dict[str, float]]:
+    table = run.take(pc.sort_indices(run, sort_keys=[("query_id", "ascending")]))
+    starts = trec.group_starts(table["query_id"])
+    qids = table["query_id"].to_pylist()
+    docs = table["doc_id"].to_pylist()
+    scores = table[score_col].to_pylist()
+    return {qids[s]: dict(zip(docs[s:e], scores[s:e])) for s, e in zip(starts[:-1].tolist(), starts[1:].tolist())}
+
+
+def _score(
+    qrels_dict: dict[str, dict[str, int]], run: pa.Table, score_col: str, metrics: list[Metric]
+) -> tuple[dict[str, float], int]:
+    """Mean of each metric over the queries pytrec_eval evaluates, and their count."""
+    import pytrec_eval
+
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels_dict, {m.measure for m in metrics})
+    per_query = evaluator.evaluate(_run_dict(run, score_col))
+    means = {}
+    for m in metrics:
+        values = np.array([v[m.key] for v in per_query.values()], dtype=np.float64)
+        if m.cut is not None:
+            # trec_eval's recip_rank is exactly 1.0 / rank, so "first relevant doc within k"
+            # is rr >= 1.0 / k: mrr@k without a second pass over a cut run.
+            values = np.where(values >= 1.0 / m.cut, values, 0.0)
+        means[m.name] = float(values.mean())
+    return means, len(per_query)
+
+
+def evaluate(
+    run: str | pa.Table,
+    qrels: str | pa.Table,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    baseline_col: str | None = None,
+    score_col: str = "score",
+) -> dict:
+    """Score a run against qrels; each metric is the mean over queries present in both, as pytrec_eval computes it.
+
+    run:          scores/ or topk/ Parquet (file, folder, or a job output folder),
+                  a TREC run file, or a Table with query_id, doc_id and `score_col`.
+    qrels:        TREC qrels file, Parquet with query_id, doc_id, relevance, or a Table.
+    metrics:      names such as "ndcg@10", "mrr@10", "recall@100", "map" (see the module docstring).
+    baseline_col: a pass-through column of the run (e.g. "retrieval_score") whose
+                  order is scored too, on the same candidates, so the gain from
+                  reranking shows.
+
+    Returns {"metrics": {name: mean}, "num_queries": int, "warnings": [str, ...]},
+    plus "baseline" and "delta" (run minus baseline) when baseline_col is given.
+    Raises EvaluationError on input that would skew a metric silently; emits an
+    EvaluationWarning (also listed under "warnings") for skipped queries, dropped
+    duplicate judgments and dropped null scores.
+    """
+    parsed = [parse_metric(m) for m in metrics]
+    if not parsed:
+        raise EvaluationError("no metrics asked for")
+    names = [m.name for m in parsed]
+    if len(set(names)) != len(names):
+        raise EvaluationError(f"metric listed twice: {names}")
+    notes: list[str] = []
+    judged = _dedupe_qrels(read_qrels(qrels), notes)
+    table = read_run(run, score_col=score_col, baseline_col=baseline_col)
+    table = _check_run(table, ["score"] + ([baseline_col] if baseline_col else []), notes)
+
+    run_qids = pc.unique(table["query_id"])
+    judged_qids = pc.unique(judged["query_id"])
+    common = pc.filter(run_qids, pc.is_in(run_qids, value_set=judged_qids))
+    if len(common) == 0:
+        raise EvaluationError(
+            f"the run ({len(run_qids)} queries) and the qrels ({len(judged_qids)} queries) share no query_id; "
+            f"run ids look like {run_qids[:3].to_pylist()}, qrels ids like {judged_qids[:3].to_pylist()}"
+        )
+    if len(common) < len(run_qids):
+        _warn(notes, f"{len(run_qids) - len(common)} of {len(run_qids)} run queries have no judgments and are skipped")
+    if len(common) < len(judged_qids):
+        _warn(
+            notes,
+            f"{len(judged_qids) - len(common)} of {len(judged_qids)} judged queries are not in the run and are skipped "
+            "(pytrec_eval's default; they are not counted as 0)",
+        )
+    judged = judged.filter(pc.is_in(judged["query_id"], value_set=common))
+    table = table.filter(pc.is_in(table["query_id"], value_set=common))
+    relevant = pc.unique(judged.filter(pc.greater(judged["relevance"], 0))["query_id"])
+    if len(relevant) < len(common):
+        _warn(
+            notes,
+            f"{len(common) - len(relevant)} of {len(common)} evaluated queries have no relevant document; "
+            "they score 0 on every metric and count in the mean, as in pytrec_eval",
+        )
+
+    qrels_dict = _qrels_dict(judged)
+    scores, n = _score(qrels_dict, table, "score", parsed)
+    result: dict = {"metrics": scores, "num_queries": n, "warnings": notes}
+    if baseline_col:
+        base, _ = _score(qrels_dict, table, baseline_col, parsed)
+        result["baseline"] = base
+        result["delta"] = {k: scores[k] - base[k] for k in scores}
+    return result
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `eval` on the `ettin-batch` command."""
+    p = subparsers.add_parser(
+        "eval",
+        help="score a run against qrels (pytrec_eval numbers)",
+        description="Score a run (scores/, topk/ or a TREC run file) against qrels (TREC or Parquet).",
+    )
+    p.add_argument("--run", required=True, help="scores/ or topk/ folder, job output folder, Parquet file or TREC run file")
+    p.add_argument("--qrels", required=True, help="TREC qrels file, or Parquet with query_id, doc_id, relevance")
+    p.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--score-col", default="score", help="run column to rank by (default: %(default)s)")
+    p.add_argument("--baseline-col", default=None, help="also score this pass-through column's order, e.g. retrieval_score")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run_eval)
+    return p
+
+
+def format_table(result: dict) -> str:
+    """The human-readable table: one row per metric, with baseline and delta columns when present."""
+    base = result.get("baseline")
+    header = ["metric", "run"] + (["baseline", "delta"] if base else [])
+    rows = []
+    for name, value in result["metrics"].items():
+        row = [name, f"{value:.4f}"]
+        if base:
+            row += [f"{base[name]:.4f}", f"{result['delta'][name]:+.4f}"]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *rows]]
+    lines.append(f"queries evaluated: {result['num_queries']}")
+    return "\n".join(lines)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run `ettin-batch eval`; returns the exit status (2 on bad input)."""
+    try:
+        with warnings.catch_warnings():
+            # Warnings are printed once below, from the result, not by the warnings machinery.
+            warnings.simplefilter("ignore", EvaluationWarning)
+            result = evaluate(
+                args.run,
+                args.qrels,
+                metrics=[m for m in args.metrics.split(",") if m.strip()],
+                baseline_col=args.baseline_col,
+                score_col=args.score_col,
+            )
+    except TrecInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for note in result["warnings"]:
+        print(f"warning: {note}", file=sys.stderr)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m ettin_batch.evaluation ...`, the same as `ettin-batch eval ...`."""
+    parser = argparse.ArgumentParser(prog="ettin-batch")
+    add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

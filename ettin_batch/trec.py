@@ -1,0 +1,181 @@
+"""TREC conventions shared by `eval` and `labels`: file formats and trec_eval's ranking order.
+
+Everything here is Arrow in, Arrow out. Ids are normalised to strings, because
+TREC files carry them as text and pytrec_eval keys on `str`; an int64 query_id
+of 7 becomes "7".
+
+trec_eval ignores the rank column of a run: it orders each query's documents by
+score, descending, and breaks ties by doc_id, descending, in byte order
+(`strcmp`). `trec_order` reproduces that order so that a cut at k (mrr@10) or a
+top-N label agrees with what pytrec_eval itself would see.
+"""
+
+from __future__ import annotations
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+
+class TrecInputError(ValueError):
+    """A run or qrels input that cannot be read without guessing; the message names the file and line or column."""
+
+
+def url_to_fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Resolve a local path or URL (s3://, gs://, file://) to an fsspec filesystem and a path on it.
+
+    s3fs honours AWS_ENDPOINT_URL (pyarrow's own S3FileSystem does not), so this is
+    the door for object storage.
+    """
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    return fs, fs_path
+
+
+def is_parquet(path: str) -> bool:
+    """True for a Parquet file or a folder (of Parquet files); False for a text file."""
+    fs, p = url_to_fs(path)
+    if fs.isdir(p):
+        return True
+    return p.endswith((".parquet", ".pq"))
+
+
+def parquet_dataset(path: str) -> ds.Dataset:
+    """A pyarrow dataset over a Parquet file or folder on any fsspec filesystem."""
+    fs, p = url_to_fs(path)
+    if not fs.exists(p):
+        raise TrecInputError(f"{path}: no such file or folder")
+    return ds.dataset(p, format="parquet", filesystem=fs)
+
+
+def read_parquet_columns(path: str, columns: list[str], what: str) -> pa.Table:
+    """Read only `columns` from a Parquet file or folder; a missing column is an error that lists what is there."""
+    dataset = parquet_dataset(path)
+    missing = [c for c in columns if c not in dataset.schema.names]
+    if missing:
+        raise TrecInputError(
+            f"{path}: {what} needs column(s) {missing}; found {dataset.schema.names}"
+        )
+    return dataset.to_table(columns=columns)
+
+
+def ids_as_strings(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """Cast an id column (string, large_string or integer) to string, as TREC files spell ids."""
+    return pc.cast(col, pa.string())
+
+
+def _read_lines(path: str) -> list[str]:
+    fs, p = url_to_fs(path)
+    if not fs.exists(p):
+        raise TrecInputError(f"{path}: no such file")
+    with fs.open(p, "rt", encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def read_trec_qrels(path: str) -> pa.Table:
+    """Read a TREC qrels file (`query_id iteration doc_id relevance`, whitespace separated).
+
+    Returns query_id (string), doc_id (string), relevance (int64). A line with the
+    wrong number of fields or a non-integer grade is an error naming the line.
+    """
+    qids, docs, rels = [], [], []
+    for lineno, line in enumerate(_read_lines(path), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 4:
+            raise TrecInputError(
+                f"{path}:{lineno}: a qrels line has 4 fields (query_id iteration doc_id relevance), got {len(fields)}: {line!r}"
+            )
+        try:
+            rel = int(fields[3])
+        except ValueError:
+            raise TrecInputError(
+                f"{path}:{lineno}: relevance must be an integer grade, got {fields[3]!r}"
+            ) from None
+        qids.append(fields[0])
+        docs.append(fields[2])
+        rels.append(rel)
+    return pa.table(
+        {
+            "query_id": pa.array(qids, pa.string()),
+            "doc_id": pa.array(docs, pa.string()),
+            "relevance": pa.array(rels, pa.int64()),
+        }
+    )
+
+
+def read_trec_run(path: str) -> pa.Table:
+    """Read a TREC run file (`query_id Q0 doc_id rank score tag`).
+
+    Returns query_id, doc_id (strings) and score (float64); the rank field is
+    dropped, because trec_eval orders by score and ignores it.
+    """
+    qids, docs, scores = [], [], []
+    for lineno, line in enumerate(_read_lines(path), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 6:
+            raise TrecInputError(
+                f"{path}:{lineno}: a run line has 6 fields (query_id Q0 doc_id rank score tag), got {len(fields)}: {line!r}"
+            )
+        try:
+            score = float(fields[4])
+        except ValueError:
+            raise TrecInputError(f"{path}:{lineno}: score must be a number, got {fields[4]!r}") from None
+        qids.append(fields[0])
+        docs.append(fields[2])
+        scores.append(score)
+    return pa.table(
+        {
+            "query_id": pa.array(qids, pa.string()),
+            "doc_id": pa.array(docs, pa.string()),
+            "score": pa.array(scores, pa.float64()),
+        }
+    )
+
+
+def write_trec_qrels(table: pa.Table, path: str, relevance_col: str = "relevance") -> None:
+    """Write query_id, doc_id and an integer grade column as a TREC qrels file (iteration field 0)."""
+    qids = ids_as_strings(table["query_id"]).to_pylist()
+    docs = ids_as_strings(table["doc_id"]).to_pylist()
+    rels = table[relevance_col].to_pylist()
+    fs, p = url_to_fs(path)
+    with fs.open(p, "wt", encoding="utf-8") as f:
+        f.writelines(f"{q} 0 {d} {r}\n" for q, d, r in zip(qids, docs, rels))
+
+
+def trec_order(table: pa.Table, score_col: str = "score") -> tuple[pa.Table, np.ndarray]:
+    """Sort rows the way trec_eval ranks them and give each row its 0-based rank within its query.
+
+    Order: query_id ascending (only to group), score descending, doc_id descending
+    in byte order, which is trec_eval's tie-break. query_id and doc_id must be
+    strings (see `ids_as_strings`); Arrow compares strings by bytes, like strcmp.
+    Returns the sorted table and an int64 array of ranks (0 = best).
+    """
+    order = pc.sort_indices(
+        table,
+        sort_keys=[("query_id", "ascending"), (score_col, "descending"), ("doc_id", "descending")],
+    )
+    table = table.take(order)
+    return table, ranks_within_groups(table["query_id"])
+
+
+def group_starts(qids: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Start offsets of runs of equal values in a sorted id column, plus the total length at the end."""
+    n = len(qids)
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    if isinstance(qids, pa.ChunkedArray):
+        qids = qids.combine_chunks()
+    changed = pc.not_equal(qids.slice(1), qids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    return np.concatenate([[0], np.flatnonzero(changed) + 1, [n]]).astype(np.int64)
+
+
+def ranks_within_groups(qids: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """0-based position of each row within its run of equal ids (the column must be sorted by id)."""
+    starts = group_starts(qids)
+    sizes = np.diff(starts)
+    return np.arange(len(qids), dtype=np.int64) - np.repeat(starts[:-1], sizes)

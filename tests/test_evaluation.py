@@ -1,0 +1,335 @@
+"""`ettin-batch eval`: the numbers are pytrec_eval's, whatever the input format, and bad input is never silent."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import pytrec_eval
+
+from ettin_batch.evaluation import (
+    EvaluationError,
+    EvaluationWarning,
+    evaluate,
+    main,
+    parse_metric,
+)
+from ettin_batch.trec import TrecInputError
+
+ALL_METRICS = ["ndcg@10", "mrr@10", "recall@100", "map", "ndcg", "mrr", "map@5", "p@5", "mrr@3", "recall@5"]
+
+
+# ---------------------------------------------------------------- fixtures and references
+
+
+def random_case(seed: int, n_queries: int = 40) -> tuple[pa.Table, pa.Table]:
+    """A run and qrels built to hit every corner: ties, depth > 100, queries without relevant docs,
+    run-only and qrels-only queries, negative grades, doc ids whose byte order differs from numeric order."""
+    rng = np.random.default_rng(seed)
+    rows = {"query_id": [], "doc_id": [], "score": [], "retrieval_score": []}
+    qrels = {"query_id": [], "doc_id": [], "relevance": []}
+    for q in range(n_queries):
+        n_docs = int(rng.integers(1, 150))
+        docs = [f"{'D' if rng.random() < 0.2 else 'd'}{int(i)}" for i in rng.choice(10_000, n_docs, replace=False)]
+        # Few distinct values: many ties in both score columns.
+        scores = rng.choice(np.linspace(-3, 3, 7), n_docs).astype(np.float32)
+        first_stage = rng.integers(0, 5, n_docs).astype(np.float64)
+        if q % 10 != 9:  # every tenth query is judged but not in the run
+            rows["query_id"] += [q] * n_docs
+            rows["doc_id"] += docs
+            rows["score"] += scores.tolist()
+            rows["retrieval_score"] += first_stage.tolist()
+        if q % 10 == 7:
+            continue  # every tenth query is in the run only: no judgments
+        judged = rng.choice(docs, min(n_docs, int(rng.integers(1, 20))), replace=False).tolist()
+        if rng.random() < 0.3:
+            judged.append(f"unretrieved{q}")
+        # q % 5 == 0: judged, but nothing relevant
+        grades = [0 if q % 5 == 0 else int(g) for g in rng.choice([-1, 0, 0, 1, 2, 3], len(judged))]
+        qrels["query_id"] += [str(q)] * len(judged)
+        qrels["doc_id"] += judged
+        qrels["relevance"] += grades
+    run = pa.table(
+        {
+            "query_id": pa.array(rows["query_id"], pa.int64()),
+            "doc_id": pa.array(rows["doc_id"], pa.string()),
+            "score": pa.array(rows["score"], pa.float32()),
+            "retrieval_score": pa.array(rows["retrieval_score"], pa.float64()),
+        }
+    )
+    return run, pa.table(qrels)
+
+
+def reference(run: pa.Table, qrels: pa.Table, metrics: list[str], score_col: str = "score") -> dict[str, float]:
+    """pytrec_eval on plain dicts; mrr@k is recip_rank on each query's first k docs, sorted here independently."""
+    qd: dict[str, dict[str, int]] = {}
+    for r in qrels.to_pylist():
+        qd.setdefault(str(r["query_id"]), {})[r["doc_id"]] = int(r["relevance"])
+    rd: dict[str, dict[str, float]] = {}
+    for r in run.to_pylist():
+        rd.setdefault(str(r["query_id"]), {})[r["doc_id"]] = float(r[score_col])
+    out = {}
+    for name in metrics:
+        base, _, k = name.partition("@")
+        if base == "mrr" and k:
+            cut = {
+                q: dict(sorted(docs.items(), key=lambda kv: (kv[1], kv[0].encode()), reverse=True)[: int(k)])
+                for q, docs in rd.items()
+            }
+            res = pytrec_eval.RelevanceEvaluator(qd, {"recip_rank"}).evaluate(cut)
+            key = "recip_rank"
+        else:
+            measure = {"ndcg": "ndcg_cut", "map": "map_cut", "recall": "recall", "p": "P", "mrr": "recip_rank"}[base]
+            measure = measure if k else {"ndcg": "ndcg", "map": "map", "mrr": "recip_rank"}[base]
+            res = pytrec_eval.RelevanceEvaluator(qd, {f"{measure}.{k}" if k else measure}).evaluate(rd)
+            key = f"{measure}_{k}" if k else measure
+        out[name] = float(np.mean([v[key] for v in res.values()]))
+    return out
+
+
+def quiet_evaluate(*args, **kwargs) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EvaluationWarning)
+        return evaluate(*args, **kwargs)
+
+
+def write_scores_folder(run: pa.Table, folder, n_files: int = 3) -> str:
+    """Spread the run over several files, a query's candidates split between them, as the job writes scores/."""
+    folder.mkdir(parents=True)
+    order = np.random.default_rng(0).permutation(run.num_rows)
+    for i, part in enumerate(np.array_split(order, n_files)):
+        pq.write_table(run.take(pa.array(part)), folder / f"part-{i}.parquet")
+    return str(folder)
+
+
+def write_trec_run(run: pa.Table, path) -> str:
+    with open(path, "w") as f:
+        for i, r in enumerate(run.to_pylist()):
+            f.write(f"{r['query_id']} Q0 {r['doc_id']} {i} {r['score']!r} tag\n")
+    return str(path)
+
+
+def write_trec_qrels(qrels: pa.Table, path) -> str:
+    with open(path, "w") as f:
+        for r in qrels.to_pylist():
+            f.write(f"{r['query_id']} 0 {r['doc_id']} {r['relevance']}\n")
+    return str(path)
+
+
+# ---------------------------------------------------------------- equality with pytrec_eval
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_metric_equals_pytrec_eval_on_random_runs_with_ties(tmp_path, seed):
+    run, qrels = random_case(seed)
+    got = quiet_evaluate(write_scores_folder(run, tmp_path / "scores"), write_trec_qrels(qrels, tmp_path / "q.txt"), ALL_METRICS)
+    want = reference(run, qrels, ALL_METRICS)
+    for name in ALL_METRICS:
+        assert got["metrics"][name] == pytest.approx(want[name], abs=1e-6), name
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_baseline_equals_pytrec_eval_on_the_pass_through_column(tmp_path, seed):
+    run, qrels = random_case(seed)
+    got = quiet_evaluate(write_scores_folder(run, tmp_path / "scores"), qrels, ALL_METRICS, baseline_col="retrieval_score")
+    want = reference(run, qrels, ALL_METRICS, score_col="retrieval_score")
+    for name in ALL_METRICS:
+        assert got["baseline"][name] == pytest.approx(want[name], abs=1e-6), name
+        assert got["delta"][name] == pytest.approx(got["metrics"][name] - want[name], abs=1e-12)
+
+
+def test_ties_are_broken_by_doc_id_descending_in_byte_order():
+    run = pa.table({"query_id": ["q"] * 3, "doc_id": ["a", "B", "c"], "score": [1.0, 1.0, 1.0]})
+    qrels = pa.table({"query_id": ["q"], "doc_id": ["B"], "relevance": [1]})
+    # Byte order puts "B" (0x42) below "a" and "c": ranked c, a, B.
+    assert evaluate(run, qrels, ["mrr"])["metrics"]["mrr"] == pytest.approx(1 / 3)
+
+
+def test_mrr_at_k_counts_a_first_relevant_doc_beyond_k_as_zero():
+    docs = [f"d{i:02d}" for i in range(12)]
+    run = pa.table({"query_id": ["q"] * 12, "doc_id": docs, "score": [float(12 - i) for i in range(12)]})
+    at_10 = pa.table({"query_id": ["q"], "doc_id": ["d09"], "relevance": [1]})
+    at_11 = pa.table({"query_id": ["q"], "doc_id": ["d10"], "relevance": [1]})
+    assert evaluate(run, at_10, ["mrr@10"])["metrics"]["mrr@10"] == pytest.approx(0.1)
+    assert evaluate(run, at_11, ["mrr@10", "mrr"])["metrics"] == pytest.approx({"mrr@10": 0.0, "mrr": 1 / 11})
+
+
+def test_query_without_relevant_documents_scores_zero_and_counts_in_the_mean():
+    run = pa.table({"query_id": ["good", "good", "none"], "doc_id": ["a", "b", "c"], "score": [2.0, 1.0, 1.0]})
+    qrels = pa.table({"query_id": ["good", "none"], "doc_id": ["a", "c"], "relevance": [1, 0]})
+    with pytest.warns(EvaluationWarning, match="1 of 2 evaluated queries have no relevant document"):
+        result = evaluate(run, qrels, ["ndcg@10", "map"])
+    assert result["num_queries"] == 2
+    assert result["metrics"] == pytest.approx({"ndcg@10": 0.5, "map": 0.5})
+
+
+def test_run_queries_without_judgments_are_skipped_with_a_count():
+    run = pa.table({"query_id": ["q1", "q2", "q3"], "doc_id": ["a", "a", "a"], "score": [1.0, 1.0, 1.0]})
+    qrels = pa.table({"query_id": ["q1"], "doc_id": ["a"], "relevance": [1]})
+    with pytest.warns(EvaluationWarning, match="2 of 3 run queries have no judgments"):
+        result = evaluate(run, qrels, ["map"])
+    assert result["num_queries"] == 1 and result["metrics"]["map"] == 1.0
+
+
+def test_judged_queries_missing_from_the_run_are_skipped_with_a_count():
+    run = pa.table({"query_id": ["q1"], "doc_id": ["a"], "score": [1.0]})
+    qrels = pa.table({"query_id": ["q1", "q2"], "doc_id": ["a", "a"], "relevance": [1, 1]})
+    with pytest.warns(EvaluationWarning, match="1 of 2 judged queries are not in the run"):
+        result = evaluate(run, qrels, ["map"])
+    assert result["num_queries"] == 1 and result["metrics"]["map"] == 1.0
+
+
+# ---------------------------------------------------------------- input formats
+
+
+def test_scores_folder_topk_folder_and_trec_run_file_give_the_same_numbers(tmp_path):
+    run, qrels = random_case(7)
+    qrels_path = write_trec_qrels(qrels, tmp_path / "qrels.txt")
+    topk = run.append_column("rank", pa.array(np.arange(run.num_rows, dtype=np.int32)))  # a rank trec_eval ignores
+    results = [
+        quiet_evaluate(write_scores_folder(run, tmp_path / "scores"), qrels_path),
+        quiet_evaluate(write_scores_folder(topk.select(["query_id", "rank", "doc_id", "score"]), tmp_path / "topk"), qrels_path),
+        quiet_evaluate(write_trec_run(run, tmp_path / "run.trec"), qrels_path),
+    ]
+    assert results[0]["metrics"] == pytest.approx(results[1]["metrics"], abs=1e-12)
+    assert results[0]["metrics"] == pytest.approx(results[2]["metrics"], abs=1e-12)
+
+
+def test_a_job_output_folder_is_evaluated_on_its_full_depth_scores(tmp_path):
+    run, qrels = random_case(8)
+    write_scores_folder(run, tmp_path / "out" / "scores")
+    shallow = run.slice(0, 5)  # a topk/ that would give different numbers
+    write_scores_folder(shallow, tmp_path / "out" / "topk", n_files=1)
+    got = quiet_evaluate(str(tmp_path / "out"), qrels)
+    assert got["metrics"] == pytest.approx(reference(run, qrels, list(got["metrics"])), abs=1e-6)
+
+
+def test_parquet_qrels_and_trec_qrels_give_the_same_numbers(tmp_path):
+    run, qrels = random_case(9)
+    pq.write_table(qrels, tmp_path / "qrels.parquet")
+    from_parquet = quiet_evaluate(run, str(tmp_path / "qrels.parquet"))
+    from_trec = quiet_evaluate(run, write_trec_qrels(qrels, tmp_path / "qrels.txt"))
+    assert from_parquet["metrics"] == from_trec["metrics"]
+
+
+def test_integer_query_ids_in_parquet_match_string_ids_in_trec_qrels(tmp_path):
+    run = pa.table({"query_id": pa.array([7, 7], pa.int64()), "doc_id": pa.array([1, 2], pa.int64()), "score": [1.0, 2.0]})
+    qrels_path = tmp_path / "qrels.txt"
+    qrels_path.write_text("7 0 1 1\n")
+    assert evaluate(run, str(qrels_path), ["mrr"])["metrics"]["mrr"] == 0.5
+
+
+def test_reads_any_fsspec_filesystem():
+    run, qrels = random_case(10)
+    fs = fsspec.filesystem("memory")
+    with fs.open("/evaltest/scores/part-0.parquet", "wb") as f:
+        pq.write_table(run, f)
+    with fs.open("/evaltest/qrels.parquet", "wb") as f:
+        pq.write_table(qrels, f)
+    got = quiet_evaluate("memory://evaltest/scores", "memory://evaltest/qrels.parquet")
+    assert got["metrics"] == pytest.approx(reference(run, qrels, list(got["metrics"])), abs=1e-6)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_a_pair_scored_twice_in_the_run_is_an_error():
+    run = pa.table({"query_id": ["q", "q"], "doc_id": ["a", "a"], "score": [1.0, 2.0]})
+    qrels = pa.table({"query_id": ["q"], "doc_id": ["a"], "relevance": [1]})
+    with pytest.raises(EvaluationError, match=r"1 \(query_id, doc_id\) pair\(s\) appear more than once"):
+        evaluate(run, qrels)
+
+
+def test_a_pair_judged_twice_with_different_grades_is_an_error():
+    run = pa.table({"query_id": ["q"], "doc_id": ["a"], "score": [1.0]})
+    qrels = pa.table({"query_id": ["q", "q"], "doc_id": ["a", "a"], "relevance": [1, 2]})
+    with pytest.raises(EvaluationError, match="different grades"):
+        evaluate(run, qrels)
+
+
+def test_identical_duplicate_judgments_are_counted_once_with_a_warning():
+    run = pa.table({"query_id": ["q", "q"], "doc_id": ["a", "b"], "score": [2.0, 1.0]})
+    qrels = pa.table({"query_id": ["q", "q", "q"], "doc_id": ["b", "b", "a"], "relevance": [1, 1, 0]})
+    with pytest.warns(EvaluationWarning, match="1 duplicate judgment"):
+        assert evaluate(run, qrels, ["map"])["metrics"]["map"] == 0.5
+
+
+def test_a_non_numeric_grade_in_trec_qrels_is_an_error_naming_the_line(tmp_path):
+    path = tmp_path / "qrels.txt"
+    path.write_text("q 0 a 1\nq 0 b high\n")
+    with pytest.raises(TrecInputError, match=r"qrels.txt:2: relevance must be an integer grade, got 'high'"):
+        evaluate(pa.table({"query_id": ["q"], "doc_id": ["a"], "score": [1.0]}), str(path))
+
+
+@pytest.mark.parametrize("grades", [["1", "x", "y"], [1.0, 0.5, 2.0]])
+def test_non_integer_grades_in_parquet_qrels_are_an_error_with_a_count(tmp_path, grades):
+    pq.write_table(pa.table({"query_id": ["q"] * 3, "doc_id": ["a", "b", "c"], "relevance": grades}), tmp_path / "q.parquet")
+    with pytest.raises(EvaluationError, match=r"(1|2) relevance value\(s\) are not integer grades"):
+        evaluate(pa.table({"query_id": ["q"], "doc_id": ["a"], "score": [1.0]}), str(tmp_path / "q.parquet"))
+
+
+def test_integral_float_grades_are_accepted():
+    qrels = pa.table({"query_id": ["q"], "doc_id": ["a"], "relevance": [1.0]})
+    assert evaluate(pa.table({"query_id": ["q"], "doc_id": ["a"], "score": [1.0]}), qrels, ["map"])["metrics"]["map"] == 1.0
+
+
+def test_run_and_qrels_with_no_query_in_common_is_an_error():
+    run = pa.table({"query_id": ["q1"], "doc_id": ["a"], "score": [1.0]})
+    qrels = pa.table({"query_id": ["Q1"], "doc_id": ["a"], "relevance": [1]})
+    with pytest.raises(EvaluationError, match="share no query_id"):
+        evaluate(run, qrels)
+
+
+def test_rows_with_null_or_nan_scores_are_dropped_with_a_count():
+    run = pa.table({"query_id": ["q"] * 3, "doc_id": ["a", "b", "c"], "score": pa.array([math.nan, None, 1.0], pa.float64())})
+    qrels = pa.table({"query_id": ["q"], "doc_id": ["a"], "relevance": [1]})
+    with pytest.warns(EvaluationWarning, match="2 row\\(s\\) with a null or NaN 'score' were dropped"):
+        assert evaluate(run, qrels, ["recall@10"])["metrics"]["recall@10"] == 0.0
+
+
+def test_a_missing_baseline_column_is_an_error_listing_the_columns(tmp_path):
+    run, qrels = random_case(11)
+    path = write_scores_folder(run.drop_columns(["retrieval_score"]), tmp_path / "scores")
+    with pytest.raises(TrecInputError, match=r"needs column\(s\) \['retrieval_score'\]; found"):
+        evaluate(path, qrels, baseline_col="retrieval_score")
+
+
+@pytest.mark.parametrize("name", ["ndcg@0", "recall", "bleu", "mrr@x"])
+def test_an_unknown_metric_is_an_error(name):
+    with pytest.raises(EvaluationError, match="metric"):
+        parse_metric(name)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_prints_run_baseline_and_delta_per_metric(tmp_path, capsys):
+    run, qrels = random_case(12)
+    args = ["--run", write_scores_folder(run, tmp_path / "scores"), "--qrels", write_trec_qrels(qrels, tmp_path / "q.txt"),
+            "--metrics", "ndcg@10,map", "--baseline-col", "retrieval_score"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].split() == ["metric", "run", "baseline", "delta"]
+    assert [line.split()[0] for line in lines[1:3]] == ["ndcg@10", "map"]
+    assert "run queries have no judgments" in err
+
+
+def test_cli_json_holds_metrics_and_query_count(tmp_path, capsys):
+    run, qrels = random_case(13)
+    assert main(["--run", write_trec_run(run, tmp_path / "run.trec"), "--qrels", write_trec_qrels(qrels, tmp_path / "q.txt"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["metrics"]) == {"ndcg@10", "mrr@10", "recall@100", "map"}
+    assert result["metrics"] == pytest.approx(reference(run, qrels, list(result["metrics"])), abs=1e-6)
+
+
+def test_cli_bad_input_exits_2_with_the_reason(tmp_path, capsys):
+    (tmp_path / "q.txt").write_text("q 0 a 1\n")
+    assert main(["--run", str(tmp_path / "missing"), "--qrels", str(tmp_path / "q.txt")]) == 2
+    assert "error:" in capsys.readouterr().err
