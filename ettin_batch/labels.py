@@ -1,0 +1,316 @@
+"""Relevance-label backfill: reranker scores -> graded labels, as TREC qrels and Parquet, with a histogram to check the cuts.
+
+    ettin-batch labels --scores OUT/scores --output LABELS --thresholds 0.0,4.0,8.0
+    ettin-batch labels --scores OUT/scores --output LABELS --top-n-relevant 10
+
+Writes into LABELS:
+    qrels.txt            TREC qrels (`query_id 0 doc_id grade`)
+    labels.parquet       query_id, doc_id (their input types), relevance (int32), score (float32)
+    score_histogram.png  scores, with the thresholds (or the relevant / not split) drawn on
+    _SUCCESS.json        written last: mode, cuts, rows, grade counts, score range
+
+Runs in one process with bounded memory for thresholds (two streaming passes over
+the score column: range, then grade and write, batch by batch). --top-n-relevant
+ranks within each query and a query's rows may sit in any file, so it holds the
+id and score columns in memory (Arrow, about 30 bytes a pair for short ids); it
+does not run on Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ettin_batch import __version__, trec
+from ettin_batch.trec import TrecInputError
+
+QRELS_FILE = "qrels.txt"
+PARQUET_FILE = "labels.parquet"
+HISTOGRAM_FILE = "score_histogram.png"
+SUCCESS_FILE = "_SUCCESS.json"
+HISTOGRAM_BINS = 100
+
+
+class LabelError(TrecInputError):
+    """Arguments or scores that cannot be turned into labels; the message says what to change."""
+
+
+def parse_thresholds(text: str | Sequence[float]) -> list[float]:
+    """"0.0,4.0,8.0" (or a sequence) -> [0.0, 4.0, 8.0]; they must be finite and strictly increasing."""
+    try:
+        values = [float(t) for t in (text.split(",") if isinstance(text, str) else text)]
+    except ValueError:
+        raise LabelError(f"thresholds must be numbers separated by commas, got {text!r}") from None
+    if not values:
+        raise LabelError("give at least one threshold")
+    if not all(np.isfinite(values)):
+        raise LabelError(f"thresholds must be finite, got {values}")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise LabelError(f"thresholds must be strictly increasing (grade 0 below the first), got {values}")
+    return values
+
+
+def grade_by_thresholds(scores: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """Grade = how many thresholds are <= the score (int32).
+
+    With thresholds t_1 < ... < t_n: score < t_1 -> 0, t_i <= score < t_(i+1) -> i,
+    score >= t_n -> n. A score equal to a threshold gets the higher grade. The
+    comparison is in float64 on the stored value (a float32 3.9999998 stays below 4.0).
+    """
+    return np.searchsorted(np.asarray(thresholds, np.float64), scores.astype(np.float64), side="right").astype(np.int32)
+
+
+def backfill_labels(
+    scores_path: str,
+    output: str,
+    thresholds: Sequence[float] | str | None = None,
+    top_n_relevant: int | None = None,
+    score_col: str = "score",
+) -> dict:
+    """Turn a scores/ output (or any Parquet with query_id, doc_id, score) into graded relevance labels.
+
+    Give exactly one rule:
+    thresholds:     grades 0..len(thresholds), see `grade_by_thresholds` for the
+                    boundaries (score == threshold takes the higher grade).
+    top_n_relevant: the N best-scored documents of each query get 1, the rest 0.
+                    Ties are ordered the way trec_eval orders them (doc_id
+                    descending, byte order), so evaluating the same scores against
+                    these labels puts exactly those N on top.
+
+    scores_path and output are local paths or fsspec URLs; a job output folder
+    (holding scores/) is read from its scores/. Null or NaN scores are an error.
+    Returns the summary that is also written to output/_SUCCESS.json.
+    """
+    if (thresholds is None) == (top_n_relevant is None):
+        raise LabelError("give exactly one of thresholds or top_n_relevant")
+    cuts = parse_thresholds(thresholds) if thresholds is not None else None
+    if top_n_relevant is not None and (isinstance(top_n_relevant, bool) or int(top_n_relevant) != top_n_relevant or top_n_relevant < 1):
+        raise LabelError(f"top_n_relevant must be a positive integer, got {top_n_relevant!r}")
+
+    dataset = _scores_dataset(scores_path, score_col)
+    out_fs, out_dir = trec.url_to_fs(output)
+    out_fs.makedirs(out_dir, exist_ok=True)
+    paths = {name: f"{out_dir.rstrip('/')}/{name}" for name in (QRELS_FILE, PARQUET_FILE, HISTOGRAM_FILE, SUCCESS_FILE)}
+
+    if cuts is not None:
+        summary = _label_by_thresholds(dataset, score_col, cuts, out_fs, paths)
+    else:
+        summary = _label_top_n(dataset, score_col, int(top_n_relevant), out_fs, paths)
+    summary = {
+        "scores": scores_path,
+        "mode": "thresholds" if cuts is not None else "top_n_relevant",
+        "thresholds": cuts,
+        "top_n_relevant": top_n_relevant,
+        **summary,
+        "files": {k: v for k, v in paths.items() if k != SUCCESS_FILE},
+        "version": __version__,
+    }
+    with out_fs.open(paths[SUCCESS_FILE], "wt") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def _scores_dataset(scores_path: str, score_col: str):
+    fs, p = trec.url_to_fs(scores_path)
+    if fs.isdir(p) and fs.isdir(p.rstrip("/") + "/scores"):
+        scores_path = scores_path.rstrip("/") + "/scores"
+    dataset = trec.parquet_dataset(scores_path)
+    missing = [c for c in ("query_id", "doc_id", score_col) if c not in dataset.schema.names]
+    if missing:
+        raise LabelError(f"{scores_path}: labels need column(s) {missing}; found {dataset.schema.names}")
+    return dataset
+
+
+def _check_scores(scores: np.ndarray, where: str) -> None:
+    """`scores` as numpy, where Arrow nulls have become NaN."""
+    bad = int(np.count_nonzero(~np.isfinite(scores)))
+    if bad:
+        raise LabelError(f"{where}: {bad} row(s) have a null, NaN or infinite score; drop them before labelling")
+
+
+def _label_by_thresholds(dataset, score_col: str, cuts: list[float], fs, paths: dict[str, str]) -> dict:
+    # Pass 1: the score range, so the histogram's bins are fixed before pass 2 streams.
+    lo, hi, rows = np.inf, -np.inf, 0
+    for batch in dataset.to_batches(columns=[score_col]):
+        scores = batch.column(0).to_numpy(zero_copy_only=False).astype(np.float64)
+        _check_scores(scores, f"scores column {score_col!r}")
+        if len(scores):
+            lo, hi, rows = min(lo, float(scores.min())), max(hi, float(scores.max())), rows + len(scores)
+    if rows == 0:
+        raise LabelError("no scores to label: the input has no rows")
+    edges = _bin_edges(lo, hi, cuts)
+    counts = np.zeros(len(edges) - 1, np.int64)
+    grade_counts = np.zeros(len(cuts) + 1, np.int64)
+
+    # Pass 2: grade, write both formats and fill the histogram, one batch at a time.
+    writer = None
+    with fs.open(paths[QRELS_FILE], "wt") as qrels_file, fs.open(paths[PARQUET_FILE], "wb") as parquet_file:
+        for batch in dataset.to_batches(columns=["query_id", "doc_id", score_col]):
+            scores = batch.column(2).to_numpy(zero_copy_only=False)
+            grades = grade_by_thresholds(scores, cuts)
+            labelled = _labels_table(batch.column(0), batch.column(1), grades, scores)
+            if writer is None:
+                writer = pq.ParquetWriter(parquet_file, labelled.schema)
+            writer.write_table(labelled)
+            _write_qrels_lines(qrels_file, labelled)
+            counts += np.histogram(scores, bins=edges)[0]
+            grade_counts += np.bincount(grades, minlength=len(cuts) + 1)
+        writer.close()
+    summary = {"rows": rows, "grade_counts": {str(g): int(n) for g, n in enumerate(grade_counts)}, "score_min": lo, "score_max": hi}
+    _write_histogram(fs, paths[HISTOGRAM_FILE], edges, {"all scores": counts}, cuts, summary)
+    return summary
+
+
+def _label_top_n(dataset, score_col: str, n: int, fs, paths: dict[str, str]) -> dict:
+    table = dataset.to_table(columns=["query_id", "doc_id", score_col])
+    if table.num_rows == 0:
+        raise LabelError("no scores to label: the input has no rows")
+    scores_col = table[score_col]
+    _check_scores(pc.cast(scores_col, pa.float64()).to_numpy(), f"scores column {score_col!r}")
+    keys = pa.table(
+        {
+            "query_id": trec.ids_as_strings(table["query_id"]),
+            "doc_id": trec.ids_as_strings(table["doc_id"]),
+            "score": pc.cast(scores_col, pa.float64()),
+            "row": pa.array(np.arange(table.num_rows)),
+        }
+    )
+    pairs = keys.group_by(["query_id", "doc_id"]).aggregate([])
+    if pairs.num_rows != keys.num_rows:
+        raise LabelError(
+            f"{keys.num_rows - pairs.num_rows} (query_id, doc_id) pair(s) appear more than once in the scores; "
+            "a top-N cut per query needs each pair once"
+        )
+    keys, ranks = trec.trec_order(keys, "score")
+    table = table.take(keys["row"])
+    scores = table[score_col].to_numpy()
+    grades = (ranks < n).astype(np.int32)
+    labelled = _labels_table(table["query_id"], table["doc_id"], grades, scores)
+    with fs.open(paths[PARQUET_FILE], "wb") as f:
+        pq.write_table(labelled, f)
+    with fs.open(paths[QRELS_FILE], "wt") as f:
+        _write_qrels_lines(f, labelled)
+    lo, hi = float(scores.min()), float(scores.max())
+    edges = _bin_edges(lo, hi, [])
+    summary = {
+        "rows": table.num_rows,
+        "queries": len(trec.group_starts(keys["query_id"])) - 1,
+        "grade_counts": {str(g): int(c) for g, c in enumerate(np.bincount(grades, minlength=2))},
+        "score_min": lo,
+        "score_max": hi,
+    }
+    hists = {
+        f"top {n} per query (1)": np.histogram(scores[grades == 1], bins=edges)[0],
+        "rest (0)": np.histogram(scores[grades == 0], bins=edges)[0],
+    }
+    _write_histogram(fs, paths[HISTOGRAM_FILE], edges, hists, [], summary)
+    return summary
+
+
+def _labels_table(query_id, doc_id, grades: np.ndarray, scores: np.ndarray) -> pa.Table:
+    return pa.table(
+        {
+            "query_id": query_id,
+            "doc_id": doc_id,
+            "relevance": pa.array(grades, pa.int32()),
+            "score": pa.array(scores.astype(np.float32), pa.float32()),
+        }
+    )
+
+
+def _write_qrels_lines(f, labelled: pa.Table) -> None:
+    qids = trec.ids_as_strings(labelled["query_id"]).to_pylist()
+    docs = trec.ids_as_strings(labelled["doc_id"]).to_pylist()
+    grades = labelled["relevance"].to_numpy().tolist()
+    f.writelines(f"{q} 0 {d} {g}\n" for q, d, g in zip(qids, docs, grades))
+
+
+def _bin_edges(lo: float, hi: float, cuts: Sequence[float]) -> np.ndarray:
+    # The range covers the thresholds too, so a cut outside the data still shows where it falls.
+    lo, hi = min([lo, *cuts]), max([hi, *cuts])
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, HISTOGRAM_BINS + 1)
+
+
+def _write_histogram(fs, path: str, edges: np.ndarray, hists: dict[str, np.ndarray], cuts: Sequence[float], summary: dict) -> None:
+    # Lazy: matplotlib costs ~0.5 s to import and only this step needs it. Figure without
+    # pyplot keeps the caller's backend and global state untouched.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 4.5), dpi=100)
+    ax = fig.add_subplot()
+    bottom = np.zeros(len(edges) - 1)
+    for label, counts in hists.items():
+        ax.bar(edges[:-1], counts, width=np.diff(edges), bottom=bottom, align="edge", label=label, alpha=0.8)
+        bottom = bottom + counts
+    for i, cut in enumerate(cuts):
+        ax.axvline(cut, color="crimson", linestyle="--", linewidth=1.2)
+        ax.annotate(f"{cut:g}: grade {i + 1}", (cut, 1), xycoords=("data", "axes fraction"), rotation=90,
+                    va="top", ha="right", fontsize=8, color="crimson")
+    grades = ", ".join(f"{g}: {n}" for g, n in summary["grade_counts"].items())
+    ax.set_title(f"{summary['rows']} scores; pairs per grade: {grades}", fontsize=9)
+    ax.set_xlabel("score (raw logit)")
+    ax.set_ylabel("pairs")
+    if len(hists) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    with fs.open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def add_labels_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `labels` on the `ettin-batch` command."""
+    p = subparsers.add_parser(
+        "labels",
+        help="turn scores into graded relevance labels (TREC qrels + Parquet + histogram)",
+        description="Turn reranker scores into graded relevance labels.",
+    )
+    p.add_argument("--scores", required=True, help="the job's scores/ folder (or its output folder), any fsspec path")
+    p.add_argument("--output", required=True, help="folder for qrels.txt, labels.parquet, score_histogram.png")
+    rule = p.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--thresholds", help="increasing score cuts, e.g. 0.0,4.0,8.0 -> grades 0-3 (score == cut takes the higher grade)")
+    rule.add_argument("--top-n-relevant", type=int, help="the N best documents of each query get grade 1, the rest 0")
+    p.add_argument("--score-col", default="score", help="column to grade (default: %(default)s)")
+    p.set_defaults(func=run_labels)
+    return p
+
+
+def run_labels(args: argparse.Namespace) -> int:
+    """Run `ettin-batch labels`; returns the exit status (2 on bad input)."""
+    try:
+        summary = backfill_labels(
+            args.scores, args.output, thresholds=args.thresholds, top_n_relevant=args.top_n_relevant, score_col=args.score_col
+        )
+    except TrecInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{summary['rows']} pairs labelled; pairs per grade: " + ", ".join(f"{g}: {n}" for g, n in summary["grade_counts"].items()))
+    for path in summary["files"].values():
+        print(f"  {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m ettin_batch.labels ...`, the same as `ettin-batch labels ...`."""
+    parser = argparse.ArgumentParser(prog="ettin-batch")
+    add_labels_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["labels", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

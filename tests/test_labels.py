@@ -1,0 +1,220 @@
+"""`ettin-batch labels`: scores become graded labels by a stated boundary rule, in TREC and Parquet, with a histogram."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from ettin_batch import trec
+from ettin_batch.evaluation import EvaluationWarning, evaluate
+from ettin_batch.labels import LabelError, backfill_labels, grade_by_thresholds, main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def write_scores(folder, query_ids, doc_ids, scores, n_files: int = 2) -> str:
+    """A scores/ folder as the job writes it, each query's rows spread over the files."""
+    table = pa.table({"query_id": query_ids, "doc_id": doc_ids, "score": pa.array(scores, pa.float32())})
+    folder.mkdir(parents=True)
+    for i, part in enumerate(np.array_split(np.arange(table.num_rows), n_files)):
+        pq.write_table(table.take(pa.array(part)), folder / f"part-{i}.parquet")
+    return str(folder)
+
+
+def labels_by_pair(output) -> dict[tuple[str, str], int]:
+    qrels = trec.read_trec_qrels(str(output / "qrels.txt"))
+    return {(q, d): r for q, d, r in zip(*(qrels[c].to_pylist() for c in ("query_id", "doc_id", "relevance")))}
+
+
+# ---------------------------------------------------------------- thresholds
+
+
+def test_threshold_grades_follow_the_boundary_rule(tmp_path):
+    scores = [-5.0, -0.5, 0.0, 3.9, 4.0, 7.9, 8.0, 100.0]
+    path = write_scores(tmp_path / "scores", ["q"] * 8, [f"d{i}" for i in range(8)], scores)
+    backfill_labels(path, str(tmp_path / "labels"), thresholds="0.0,4.0,8.0")
+    got = labels_by_pair(tmp_path / "labels")
+    assert [got[("q", f"d{i}")] for i in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_a_score_equal_to_a_threshold_takes_the_higher_grade():
+    assert grade_by_thresholds(np.array([4.0], np.float32), [0.0, 4.0, 8.0]).tolist() == [2]
+
+
+def test_a_float32_score_just_below_a_threshold_stays_below():
+    below = np.nextafter(np.float32(4.0), np.float32(0.0))
+    assert grade_by_thresholds(np.array([below], np.float32), [0.0, 4.0, 8.0]).tolist() == [1]
+
+
+@pytest.mark.parametrize("thresholds", ["4.0,0.0,8.0", "0.0,4.0,4.0", [8.0, 4.0]])
+def test_thresholds_out_of_order_are_an_error(tmp_path, thresholds):
+    path = write_scores(tmp_path / "scores", ["q"], ["d"], [1.0], n_files=1)
+    with pytest.raises(LabelError, match="strictly increasing"):
+        backfill_labels(path, str(tmp_path / "labels"), thresholds=thresholds)
+
+
+@pytest.mark.parametrize("thresholds", ["0,high", "0,nan", ""])
+def test_non_numeric_or_non_finite_thresholds_are_an_error(tmp_path, thresholds):
+    path = write_scores(tmp_path / "scores", ["q"], ["d"], [1.0], n_files=1)
+    with pytest.raises(LabelError, match="threshold"):
+        backfill_labels(path, str(tmp_path / "labels"), thresholds=thresholds)
+
+
+@pytest.mark.parametrize("rules", [{}, {"thresholds": "0", "top_n_relevant": 1}])
+def test_exactly_one_labelling_rule_is_required(tmp_path, rules):
+    path = write_scores(tmp_path / "scores", ["q"], ["d"], [1.0], n_files=1)
+    with pytest.raises(LabelError, match="exactly one"):
+        backfill_labels(path, str(tmp_path / "labels"), **rules)
+
+
+# ---------------------------------------------------------------- top N per query
+
+
+def test_top_n_relevant_marks_the_n_best_of_each_query_across_files(tmp_path):
+    path = write_scores(
+        tmp_path / "scores",
+        ["a", "b", "a", "b", "a", "b", "a"],
+        ["1", "1", "2", "2", "3", "3", "4"],
+        [0.1, 5.0, 0.9, -1.0, 0.5, 2.0, 0.7],
+    )
+    backfill_labels(path, str(tmp_path / "labels"), top_n_relevant=2)
+    got = labels_by_pair(tmp_path / "labels")
+    assert {pair for pair, grade in got.items() if grade == 1} == {("a", "2"), ("a", "4"), ("b", "1"), ("b", "3")}
+    assert len(got) == 7
+
+
+def test_top_n_ties_are_broken_like_trec_eval_so_the_same_scores_evaluate_perfectly(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 3000
+    qids = rng.integers(0, 60, n)
+    docs = [f"d{i}" for i in rng.permutation(n)]
+    scores = rng.choice([0.0, 1.0, 2.0], n)  # heavy ties at every cut
+    path = write_scores(tmp_path / "scores", qids, docs, scores, n_files=3)
+    backfill_labels(path, str(tmp_path / "labels"), top_n_relevant=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EvaluationWarning)
+        result = evaluate(path, str(tmp_path / "labels" / "labels.parquet"), ["p@5", "ndcg@5", "recall@5"])
+    assert result["metrics"] == pytest.approx({"p@5": 1.0, "ndcg@5": 1.0, "recall@5": 1.0})
+
+
+def test_top_n_with_a_pair_scored_twice_is_an_error(tmp_path):
+    path = write_scores(tmp_path / "scores", ["q", "q"], ["d", "d"], [1.0, 2.0], n_files=1)
+    with pytest.raises(LabelError, match="1 \\(query_id, doc_id\\) pair\\(s\\) appear more than once"):
+        backfill_labels(path, str(tmp_path / "labels"), top_n_relevant=1)
+
+
+@pytest.mark.parametrize("n", [0, -1, 1.5])
+def test_top_n_must_be_a_positive_integer(tmp_path, n):
+    path = write_scores(tmp_path / "scores", ["q"], ["d"], [1.0], n_files=1)
+    with pytest.raises(LabelError, match="positive integer"):
+        backfill_labels(path, str(tmp_path / "labels"), top_n_relevant=n)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+@pytest.mark.parametrize("rule", [{"thresholds": "0,4,8"}, {"top_n_relevant": 3}])
+def test_trec_qrels_and_parquet_hold_the_same_labels(tmp_path, rule):
+    rng = np.random.default_rng(1)
+    path = write_scores(tmp_path / "scores", pa.array(rng.integers(0, 20, 500)), pa.array(np.arange(500)), rng.normal(4, 4, 500))
+    backfill_labels(path, str(tmp_path / "labels"), **rule)
+    table = pq.read_table(tmp_path / "labels" / "labels.parquet")
+    assert table.schema.field("query_id").type == pa.int64()  # input id types are kept in Parquet
+    assert table.schema.field("relevance").type == pa.int32()
+    from_parquet = {(str(q), str(d)): r for q, d, r in zip(*(table[c].to_pylist() for c in ("query_id", "doc_id", "relevance")))}
+    assert from_parquet == labels_by_pair(tmp_path / "labels")
+    assert len(from_parquet) == 500
+
+
+@pytest.mark.parametrize("rule", [{"thresholds": "0,4,8"}, {"top_n_relevant": 3}])
+def test_histogram_is_a_valid_png(tmp_path, rule):
+    rng = np.random.default_rng(2)
+    path = write_scores(tmp_path / "scores", rng.integers(0, 20, 400), np.arange(400), rng.normal(4, 4, 400))
+    backfill_labels(path, str(tmp_path / "labels"), **rule)
+    png = tmp_path / "labels" / "score_histogram.png"
+    assert png.stat().st_size > 0
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(png) as image:
+        image.verify()
+        assert image.size == (900, 450)
+
+
+def test_histogram_range_covers_thresholds_outside_the_scores(tmp_path):
+    path = write_scores(tmp_path / "scores", ["q"] * 3, ["a", "b", "c"], [1.0, 1.0, 1.0], n_files=1)
+    backfill_labels(path, str(tmp_path / "labels"), thresholds="-10,20")
+    assert (tmp_path / "labels" / "score_histogram.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_success_json_is_written_last_with_grade_counts(tmp_path):
+    path = write_scores(tmp_path / "scores", ["q"] * 4, ["a", "b", "c", "d"], [-1.0, 0.0, 5.0, 9.0], n_files=1)
+    summary = backfill_labels(str(tmp_path), str(tmp_path / "labels"), thresholds=[0.0, 4.0, 8.0])  # a job output folder
+    written = json.loads((tmp_path / "labels" / "_SUCCESS.json").read_text())
+    assert written == summary
+    assert written["grade_counts"] == {"0": 1, "1": 1, "2": 1, "3": 1}
+    assert written["rows"] == 4 and written["thresholds"] == [0.0, 4.0, 8.0]
+
+
+def test_reads_and_writes_any_fsspec_filesystem():
+    fs = fsspec.filesystem("memory")
+    with fs.open("/labelstest/scores/part-0.parquet", "wb") as f:
+        pq.write_table(pa.table({"query_id": ["q", "q"], "doc_id": ["a", "b"], "score": [1.0, 9.0]}), f)
+    backfill_labels("memory://labelstest/scores", "memory://labelstest/labels", thresholds="0,4,8")
+    assert fs.cat("/labelstest/labels/qrels.txt").decode() == "q 0 a 1\nq 0 b 3\n"
+    assert fs.cat("/labelstest/labels/score_histogram.png")[:8] == PNG_SIGNATURE
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("rule", [{"thresholds": "0"}, {"top_n_relevant": 1}])
+@pytest.mark.parametrize("bad", [None, float("nan")])
+def test_null_or_nan_scores_are_an_error_with_a_count(tmp_path, rule, bad):
+    (tmp_path / "scores").mkdir()
+    pq.write_table(pa.table({"query_id": ["q"] * 3, "doc_id": ["a", "b", "c"], "score": pa.array([1.0, bad, bad], pa.float32())}),
+                   tmp_path / "scores" / "part-0.parquet")
+    with pytest.raises(LabelError, match="2 row\\(s\\) have a null, NaN or infinite score"):
+        backfill_labels(str(tmp_path / "scores"), str(tmp_path / "labels"), **rule)
+
+
+def test_a_missing_score_column_is_an_error_listing_the_columns(tmp_path):
+    (tmp_path / "scores").mkdir()
+    pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["a"], "logit": [1.0]}), tmp_path / "scores" / "part-0.parquet")
+    with pytest.raises(LabelError, match=r"need column\(s\) \['score'\]; found \['query_id', 'doc_id', 'logit'\]"):
+        backfill_labels(str(tmp_path / "scores"), str(tmp_path / "labels"), thresholds="0")
+
+
+def test_importing_the_module_does_not_import_matplotlib():
+    code = "import sys, ettin_batch.labels; sys.exit('matplotlib' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_prints_pairs_per_grade_and_the_files(tmp_path, capsys):
+    path = write_scores(tmp_path / "scores", ["q"] * 4, ["a", "b", "c", "d"], [-1.0, 0.0, 5.0, 9.0], n_files=1)
+    assert main(["--scores", path, "--output", str(tmp_path / "labels"), "--thresholds", "0.0,4.0,8.0"]) == 0
+    out = capsys.readouterr().out
+    assert "4 pairs labelled; pairs per grade: 0: 1, 1: 1, 2: 1, 3: 1" in out
+    assert "qrels.txt" in out and "labels.parquet" in out and "score_histogram.png" in out
+
+
+def test_cli_thresholds_out_of_order_exit_2_with_the_reason(tmp_path, capsys):
+    path = write_scores(tmp_path / "scores", ["q"], ["d"], [1.0], n_files=1)
+    assert main(["--scores", path, "--output", str(tmp_path / "labels"), "--thresholds", "8,4"]) == 2
+    assert "strictly increasing" in capsys.readouterr().err
+
+
+def test_cli_refuses_both_rules_at_once(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--scores", "x", "--output", "y", "--thresholds", "0", "--top-n-relevant", "1"])
+    assert exit_info.value.code == 2
