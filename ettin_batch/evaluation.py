@@ -210,20 +210,13 @@ def _dedupe_qrels(qrels: pa.Table, notes: list[str]) -> pa.Table:
 
 
 def _check_run(run: pa.Table, cols: list[str], notes: list[str]) -> pa.Table:
-    """Duplicate (query, doc) rows are an error (which score counts?); null or NaN scores are dropped with a warning."""
+    """Null ids are an error; rows with a null or NaN score are dropped with a warning.
+
+    Duplicate (query, doc) rows are caught later, in `_run_dict`, on the judged queries only.
+    """
     for col in ("query_id", "doc_id"):
         if run[col].null_count:
             raise EvaluationError(f"run: {run[col].null_count} row(s) have a null {col}")
-    pairs = run.group_by(["query_id", "doc_id"]).aggregate([])
-    if pairs.num_rows != run.num_rows:
-        counts = run.group_by(["query_id", "doc_id"]).aggregate([("doc_id", "count")])
-        dup = counts.filter(pc.greater(counts["doc_id_count"], 1))
-        first = dup.slice(0, 1).to_pylist()[0]
-        raise EvaluationError(
-            f"run: {dup.num_rows} (query_id, doc_id) pair(s) appear more than once "
-            f"(first: query {first['query_id']!r}, doc {first['doc_id']!r}, {first['doc_id_count']} times); "
-            "a run must score each pair once"
-        )
     for col in cols:
         bad = pc.or_kleene(pc.is_null(run[col]), pc.is_nan(run[col])).fill_null(True)
         n_bad = pc.sum(bad).as_py() or 0
@@ -231,6 +224,17 @@ def _check_run(run: pa.Table, cols: list[str], notes: list[str]) -> pa.Table:
             _warn(notes, f"run: {n_bad} row(s) with a null or NaN {col!r} were dropped")
             run = run.filter(pc.invert(bad))
     return run
+
+
+def _duplicates_error(run: pa.Table) -> EvaluationError:
+    counts = run.group_by(["query_id", "doc_id"]).aggregate([("doc_id", "count")])
+    dup = counts.filter(pc.greater(counts["doc_id_count"], 1))
+    first = dup.slice(0, 1).to_pylist()[0]
+    return EvaluationError(
+        f"run: {dup.num_rows} (query_id, doc_id) pair(s) appear more than once "
+        f"(first: query {first['query_id']!r}, doc {first['doc_id']!r}, {first['doc_id_count']} times); "
+        "a run must score each pair once"
+    )
 
 
 # ---------------------------------------------------------------- scoring
@@ -251,7 +255,12 @@ def _run_dict(run: pa.Table, score_col: str) -> dict[str, dict[str, float]]:
     qids = table["query_id"].to_pylist()
     docs = table["doc_id"].to_pylist()
     scores = table[score_col].to_pylist()
-    return {qids[s]: dict(zip(docs[s:e], scores[s:e])) for s, e in zip(starts[:-1].tolist(), starts[1:].tolist())}
+    out = {qids[s]: dict(zip(docs[s:e], scores[s:e])) for s, e in zip(starts[:-1].tolist(), starts[1:].tolist())}
+    # A doc_id seen twice in a query collapses to one dict entry (the last score wins in
+    # pytrec_eval), so fewer entries than rows means duplicates: cheaper than a group_by up front.
+    if sum(map(len, out.values())) != table.num_rows:
+        raise _duplicates_error(table)
+    return out
 
 
 def _score(

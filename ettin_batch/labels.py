@@ -153,17 +153,20 @@ def _label_by_thresholds(dataset, score_col: str, cuts: list[float], fs, paths: 
     # Pass 2: grade, write both formats and fill the histogram, one batch at a time.
     writer = None
     with fs.open(paths[QRELS_FILE], "wt") as qrels_file, fs.open(paths[PARQUET_FILE], "wb") as parquet_file:
-        for batch in dataset.to_batches(columns=["query_id", "doc_id", score_col]):
-            scores = batch.column(2).to_numpy(zero_copy_only=False)
-            grades = grade_by_thresholds(scores, cuts)
-            labelled = _labels_table(batch.column(0), batch.column(1), grades, scores)
-            if writer is None:
-                writer = pq.ParquetWriter(parquet_file, labelled.schema)
-            writer.write_table(labelled)
-            _write_qrels_lines(qrels_file, labelled)
-            counts += np.histogram(scores, bins=edges)[0]
-            grade_counts += np.bincount(grades, minlength=len(cuts) + 1)
-        writer.close()
+        try:
+            for batch in dataset.to_batches(columns=["query_id", "doc_id", score_col]):
+                scores = batch.column(2).to_numpy(zero_copy_only=False)
+                grades = grade_by_thresholds(scores, cuts)
+                labelled = _labels_table(batch.column(0), batch.column(1), grades, scores)
+                if writer is None:
+                    writer = pq.ParquetWriter(parquet_file, labelled.schema)
+                writer.write_table(labelled)
+                _write_qrels_lines(qrels_file, labelled)
+                counts += np.histogram(scores, bins=edges)[0]
+                grade_counts += np.bincount(grades, minlength=len(cuts) + 1)
+        finally:
+            if writer is not None:
+                writer.close()
     summary = {"rows": rows, "grade_counts": {str(g): int(n) for g, n in enumerate(grade_counts)}, "score_min": lo, "score_max": hi}
     _write_histogram(fs, paths[HISTOGRAM_FILE], edges, {"all scores": counts}, cuts, summary)
     return summary
@@ -227,10 +230,7 @@ def _labels_table(query_id, doc_id, grades: np.ndarray, scores: np.ndarray) -> p
 
 
 def _write_qrels_lines(f, labelled: pa.Table) -> None:
-    qids = trec.ids_as_strings(labelled["query_id"]).to_pylist()
-    docs = trec.ids_as_strings(labelled["doc_id"]).to_pylist()
-    grades = labelled["relevance"].to_numpy().tolist()
-    f.writelines(f"{q} 0 {d} {g}\n" for q, d, g in zip(qids, docs, grades))
+    trec.write_qrels_lines(f, labelled["query_id"], labelled["doc_id"], labelled["relevance"])
 
 
 def _bin_edges(lo: float, hi: float, cuts: Sequence[float]) -> np.ndarray:

@@ -137,14 +137,24 @@ def read_trec_run(path: str) -> pa.Table:
     )
 
 
-def write_trec_qrels(table: pa.Table, path: str, relevance_col: str = "relevance") -> None:
-    """Write query_id, doc_id and an integer grade column as a TREC qrels file (iteration field 0)."""
-    qids = ids_as_strings(table["query_id"]).to_pylist()
-    docs = ids_as_strings(table["doc_id"]).to_pylist()
-    rels = table[relevance_col].to_pylist()
-    fs, p = url_to_fs(path)
-    with fs.open(p, "wt", encoding="utf-8") as f:
-        f.writelines(f"{q} 0 {d} {r}\n" for q, d, r in zip(qids, docs, rels))
+def write_qrels_lines(f, query_id, doc_id, relevance) -> None:
+    """Append TREC qrels lines (`query_id 0 doc_id grade`) for three equal-length columns to an open text file.
+
+    TREC files split on whitespace, so an id that is empty or holds whitespace
+    cannot be written faithfully: that is an error, not a silently shifted column.
+    """
+    qids, docs = ids_as_strings(query_id), ids_as_strings(doc_id)
+    for name, ids in (("query_id", qids), ("doc_id", docs)):
+        bad = pc.sum(pc.match_substring_regex(ids, r"^$|\s")).as_py() or 0
+        if bad:
+            raise TrecInputError(f"{bad} {name}(s) are empty or contain whitespace, which TREC qrels cannot hold")
+    grades = pc.cast(relevance, pa.string())
+    step = 1 << 20  # lines per write: one string of ~20-40 MB, not one call per line
+    for start in range(0, len(qids), step):
+        lines = pc.binary_join_element_wise(
+            qids[start : start + step], "0", docs[start : start + step], grades[start : start + step], " "
+        )
+        f.write("\n".join(lines.to_pylist()) + "\n")
 
 
 def trec_order(table: pa.Table, score_col: str = "score") -> tuple[pa.Table, np.ndarray]:

@@ -17,6 +17,7 @@ from PIL import Image
 from ettin_batch import trec
 from ettin_batch.evaluation import EvaluationWarning, evaluate
 from ettin_batch.labels import LabelError, backfill_labels, grade_by_thresholds, main
+from ettin_batch.trec import TrecInputError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -190,6 +191,13 @@ def test_a_missing_score_column_is_an_error_listing_the_columns(tmp_path):
     pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["a"], "logit": [1.0]}), tmp_path / "scores" / "part-0.parquet")
     with pytest.raises(LabelError, match=r"need column\(s\) \['score'\]; found \['query_id', 'doc_id', 'logit'\]"):
         backfill_labels(str(tmp_path / "scores"), str(tmp_path / "labels"), thresholds="0")
+
+
+@pytest.mark.parametrize("doc_id", ["two words", "tab\there", ""])
+def test_ids_that_trec_qrels_cannot_hold_are_an_error(tmp_path, doc_id):
+    path = write_scores(tmp_path / "scores", ["q", "q"], ["ok", doc_id], [1.0, 2.0], n_files=1)
+    with pytest.raises(TrecInputError, match="1 doc_id\\(s\\) are empty or contain whitespace"):
+        backfill_labels(path, str(tmp_path / "labels"), thresholds="0")
 
 
 def test_importing_the_module_does_not_import_matplotlib():
