@@ -105,6 +105,9 @@ def read_qrels(qrels: str | pa.Table) -> pa.Table:
     if isinstance(qrels, str):
         table = trec.read_parquet_columns(qrels, ["query_id", "doc_id", "relevance"], "qrels")
     else:
+        missing = [c for c in ("query_id", "doc_id", "relevance") if c not in qrels.column_names]
+        if missing:
+            raise EvaluationError(f"qrels table needs column(s) {missing}; found {qrels.column_names}")
         table = qrels.select(["query_id", "doc_id", "relevance"])
     for col in ("query_id", "doc_id", "relevance"):
         nulls = table[col].null_count
@@ -172,6 +175,10 @@ def read_run(run: str | pa.Table, score_col: str = "score", baseline_col: str | 
             )
         table = trec.read_trec_run(run)
         score_col = "score"
+    for col in [score_col] + ([baseline_col] if baseline_col else []):
+        kind = table[col].type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
+            raise EvaluationError(f"run column {col!r} must be numeric to rank by, got type {kind}")
     out = {
         "query_id": trec.ids_as_strings(table["query_id"]),
         "doc_id": trec.ids_as_strings(table["doc_id"]),

@@ -126,6 +126,9 @@ def _scores_dataset(scores_path: str, score_col: str):
     missing = [c for c in ("query_id", "doc_id", score_col) if c not in dataset.schema.names]
     if missing:
         raise LabelError(f"{scores_path}: labels need column(s) {missing}; found {dataset.schema.names}")
+    kind = dataset.schema.field(score_col).type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        raise LabelError(f"{scores_path}: column {score_col!r} must be numeric to grade, got type {kind}")
     return dataset
 
 

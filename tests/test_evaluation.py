@@ -300,6 +300,13 @@ def test_a_missing_baseline_column_is_an_error_listing_the_columns(tmp_path):
         evaluate(path, qrels, baseline_col="retrieval_score")
 
 
+def test_a_non_numeric_score_column_is_an_error_naming_it():
+    run = pa.table({"query_id": ["q"], "doc_id": ["a"], "score": [1.0], "retrieval_score": ["high"]})
+    qrels = pa.table({"query_id": ["q"], "doc_id": ["a"], "relevance": [1]})
+    with pytest.raises(EvaluationError, match="'retrieval_score' must be numeric"):
+        evaluate(run, qrels, baseline_col="retrieval_score")
+
+
 @pytest.mark.parametrize("name", ["ndcg@0", "recall", "bleu", "mrr@x"])
 def test_an_unknown_metric_is_an_error(name):
     with pytest.raises(EvaluationError, match="metric"):

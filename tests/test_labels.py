@@ -200,6 +200,13 @@ def test_ids_that_trec_qrels_cannot_hold_are_an_error(tmp_path, doc_id):
         backfill_labels(path, str(tmp_path / "labels"), thresholds="0")
 
 
+def test_a_non_numeric_score_column_is_an_error(tmp_path):
+    (tmp_path / "scores").mkdir()
+    pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["a"], "score": ["9.1"]}), tmp_path / "scores" / "part-0.parquet")
+    with pytest.raises(LabelError, match="'score' must be numeric"):
+        backfill_labels(str(tmp_path / "scores"), str(tmp_path / "labels"), thresholds="0")
+
+
 def test_importing_the_module_does_not_import_matplotlib():
     code = "import sys, ettin_batch.labels; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
