@@ -20,7 +20,7 @@ from pathlib import Path
 
 RANDOM_PREFIX = "random:"
 CACHE_ENV = "ETTIN_BATCH_CACHE"
-_FORMAT_VERSION = "1"  # bump when the folder layout below changes
+_FORMAT_VERSION = "2"  # bump when the folder layout below changes
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,12 @@ def synthetic_corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
     return [" ".join(rng.choices(_WORDS, k=rng.randint(5, 40))) for _ in range(n_lines)]
 
 
-def train_tokenizer(vocab_size: int, corpus: list[str], model_max_length: int):
-    """A byte-level BPE tokenizer with ModernBERT's pair template: [CLS] a [SEP] b [SEP]."""
+def train_tokenizer(vocab_size: int, corpus: list[str], model_max_length: int, *, token_types: bool = False):
+    """A byte-level BPE tokenizer with ModernBERT's pair template: [CLS] a [SEP] b [SEP].
+
+    token_types=True gives BERT's variant: the second segment has type id 1 and the
+    tokenizer returns token_type_ids.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -80,7 +84,7 @@ def train_tokenizer(vocab_size: int, corpus: list[str], model_max_length: int):
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1" if token_types else "[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     return PreTrainedTokenizerFast(
@@ -91,11 +95,13 @@ def train_tokenizer(vocab_size: int, corpus: list[str], model_max_length: int):
         pad_token="[PAD]",
         mask_token="[MASK]",
         model_max_length=model_max_length,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"] if token_types
+        else ["input_ids", "attention_mask"],
     )
 
 
 def save_ettin_model(folder: str | os.PathLike, shape: EttinShape, *, seed: int = 0, corpus: list[str] | None = None,
-                     tokenizer=None) -> Path:
+                     tokenizer=None, pooling: str = "cls") -> Path:
     """Save a random-weight Ettin-format CrossEncoder to `folder` and return its path.
 
     The module chain is the published one: Transformer(ModernBertModel) -> Pooling(cls)
@@ -131,7 +137,7 @@ def save_ettin_model(folder: str | os.PathLike, shape: EttinShape, *, seed: int 
     h = shape.hidden
     modules = [
         Transformer(str(base), transformer_task="feature-extraction"),
-        Pooling(h, "cls"),
+        Pooling(h, pooling),
         Dense(h, h, bias=False, activation_function=torch.nn.GELU()),
         LayerNorm(h),
         Dense(h, 1, activation_function=torch.nn.Identity(), module_output_name="scores"),

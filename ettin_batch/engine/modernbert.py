@@ -1,0 +1,101 @@
+"""Unpadded ModernBERT forward over a packed token stream.
+
+transformers 5.x's ModernBertModel expects padded [batch, length] input; this module
+runs the same weights (it holds the HF model, it copies nothing) over one flat stream
+of pairs: embeddings -> N x (attention + GLU MLP) -> final norm -> one vector per pair.
+
+Two things make it cheaper than the padded model besides the absent padding:
+- rotary cos/sin come from one float32 table indexed by position, built once;
+- when the last layer is global (true for every Ettin size), only the [CLS] rows of
+  that layer are computed past the key/value projection: nothing reads the others.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import AttentionFn
+from .packing import PackedBatch
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # In float32, as the reference does, then back to the compute dtype.
+    xf = x.float()
+    return (xf * cos + _rotate_half(xf) * sin).to(x.dtype)
+
+
+class UnpaddedModernBert(nn.Module):
+    """Runs a transformers ModernBertModel on a PackedBatch; returns pooled vectors [pairs, hidden]."""
+
+    def __init__(self, model: nn.Module, attention: AttentionFn, pooling: str = "cls"):
+        super().__init__()
+        self.model = model
+        self.attention = attention
+        self.pooling = pooling
+        cfg = model.config
+        self.heads = cfg.num_attention_heads
+        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.layer_types = list(cfg.layer_types)
+        # |i - j| <= sliding_window on local layers (transformers' bidirectional sliding mask).
+        self.windows = [cfg.sliding_window if t == "sliding_attention" else None for t in self.layer_types]
+        self.cls_only_last = pooling == "cls" and self.windows[-1] is None
+        self._rope: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _rope_tables(self, layer_type: str, length: int, device: torch.device):
+        cached = self._rope.get(layer_type)
+        if cached is None or cached[0].shape[0] < length or cached[0].device != device:
+            inv_freq = getattr(self.model.rotary_emb, f"{layer_type}_inv_freq").to(device, torch.float32)
+            size = max(length, 512)
+            freqs = torch.arange(size, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cached = (emb.cos(), emb.sin())
+            self._rope[layer_type] = cached
+        return cached
+
+    @torch.inference_mode()
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        x = self.model.embeddings(input_ids=batch.input_ids)
+        rope = {}
+        for t in set(self.layer_types):
+            cos, sin = self._rope_tables(t, batch.max_seqlen, x.device)
+            # [T, 1, head_dim], broadcast over heads.
+            rope[t] = (cos[batch.position_ids][:, None], sin[batch.position_ids][:, None])
+        last = len(self.model.layers) - 1
+        for i, layer in enumerate(self.model.layers):
+            cls_only = i == last and self.cls_only_last
+            x = self._layer(layer, x, batch, rope[self.layer_types[i]], self.windows[i], cls_only)
+        x = self.model.final_norm(x)
+        if self.cls_only_last:
+            return x
+        if self.pooling == "cls":
+            return x[batch.cls_index]
+        return _segment_mean(x, batch)
+
+    def _layer(self, layer, x, batch: PackedBatch, rope, window, cls_only: bool) -> torch.Tensor:
+        attn = layer.attn
+        qkv = attn.Wqkv(layer.attn_norm(x)).view(-1, 3, self.heads, self.head_dim)
+        q, k, v = qkv.unbind(dim=1)
+        cos, sin = rope
+        k = _apply_rotary(k, cos, sin)
+        if cls_only:
+            rows = batch.cls_index
+            q, x, cos, sin = q[rows], x[rows], cos[rows], sin[rows]
+        q = _apply_rotary(q, cos, sin)
+        a = self.attention(q, k, v.contiguous(), batch, window, cls_only)
+        x = x + attn.Wo(a.reshape(a.shape[0], -1))
+        return x + layer.mlp(layer.mlp_norm(x))
+
+
+def _segment_mean(x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    seg = torch.repeat_interleave(
+        torch.arange(batch.num_pairs, device=x.device), torch.as_tensor(batch.lengths, device=x.device)
+    )
+    sums = torch.zeros(batch.num_pairs, x.shape[1], device=x.device, dtype=torch.float32)
+    sums.index_add_(0, seg, x.float())
+    return (sums / torch.as_tensor(batch.lengths, device=x.device, dtype=torch.float32)[:, None]).to(x.dtype)

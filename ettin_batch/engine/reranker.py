@@ -1,0 +1,176 @@
+"""The Reranker: one process, one device, (query, document) pairs in, raw logits out.
+
+    rr = Reranker.from_pretrained("cross-encoder/ettin-reranker-17m-v1")
+    scores = rr.score(queries, documents)        # float32 [n], input order
+
+The hot loop is `score_tokens`: pack length-sorted pairs into token-budget batches,
+run each batch (unpadded or padded), write the logits back in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .attention import choose_backend, get_backend
+from .loading import ModelLoadError, ResolvedModel, load_cross_encoder, plan_model, resolve_model
+from .modernbert import UnpaddedModernBert
+from .packing import PackedBatch, pack_batches
+from .tokenize import PairTokenizer, TokenizedPairs
+
+log = logging.getLogger("ettin_batch")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def default_token_budget(device: torch.device, hidden: int) -> int:
+    """Tokens per batch: enough to fill the device, small enough to leave memory headroom."""
+    if device.type != "cuda":
+        return 16384
+    return 131072 if hidden <= 512 else 65536
+
+
+class Reranker:
+    """Scores (query, document) pairs with a cross-encoder on one device."""
+
+    def __init__(self, cross_encoder, resolved: ResolvedModel, *, device: torch.device, dtype: torch.dtype,
+                 max_length: int, max_tokens_per_batch: int | None, attention: str):
+        self.resolved = resolved
+        self.device, self.dtype, self.max_length = device, dtype, max_length
+        self._ce = cross_encoder.to(device=device, dtype=dtype)
+        plan = plan_model(self._ce)
+        backend = "padded" if plan.path_kind == "padded" else choose_backend(attention, device, dtype)
+        if plan.path_kind == "padded" and attention not in ("auto", "padded"):
+            raise ValueError(f"attention={attention!r} needs an unpadded model; {plan.why_padded}")
+        self.attention = backend
+        self._head = plan.head
+        self._encoder = None
+        if backend != "padded":
+            self._encoder = UnpaddedModernBert(plan.encoder, get_backend(backend), plan.pooling)
+        else:
+            log.info("scoring padded: %s", plan.why_padded or f"attention={attention}")
+        hidden = getattr(plan.encoder.config, "hidden_size", 768)
+        self.max_tokens_per_batch = int(max_tokens_per_batch or default_token_budget(device, hidden))
+        if self.max_tokens_per_batch < max_length:
+            raise ValueError(f"max_tokens_per_batch ({self.max_tokens_per_batch}) must be >= max_length ({max_length})")
+        self.tokenizer = PairTokenizer(self._ce.tokenizer, max_length)
+        num_labels = getattr(self._ce, "num_labels", 1)
+        if num_labels != 1:
+            raise ModelLoadError(f"{resolved.model_id} has {num_labels} output labels; ettin-batch scores "
+                                 "single-logit rerankers")
+        self.stats = {"pairs": 0, "tokens": 0, "truncated": 0, "batches": 0, "oom_splits": 0, "seconds": 0.0}
+
+    @classmethod
+    def from_pretrained(cls, model: str, *, revision: str | None = None, device: str = "auto", dtype: str = "auto",
+                        max_length: int = 512, max_tokens_per_batch: int | None = None, attention: str = "auto",
+                        trust_remote_code: bool = False) -> Reranker:
+        """Load a cross-encoder by Hub id, local folder or `random:<shape>`.
+
+        device: "auto" (CUDA if present), "cpu", "cuda", "cuda:1", ...
+        dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "float32", "bfloat16", "float16".
+        max_length: tokens per pair after longest_first truncation.
+        max_tokens_per_batch: token budget of one forward pass (default: by device and model width).
+        attention: "auto", "flash", "torch", "reference" or "padded".
+        """
+        resolved = resolve_model(model, revision)
+        dev = resolve_device(device)
+        ce = load_cross_encoder(resolved.path, max_length=max_length, trust_remote_code=trust_remote_code)
+        return cls(ce, resolved, device=dev, dtype=resolve_dtype(dtype, dev), max_length=max_length,
+                   max_tokens_per_batch=max_tokens_per_batch, attention=attention)
+
+    @property
+    def info(self) -> dict:
+        """What produced the scores: goes into run manifests."""
+        return {
+            "model_id": self.resolved.model_id,
+            "revision": self.resolved.revision,
+            "path": self.resolved.path,
+            "is_random": self.resolved.is_random,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "max_length": self.max_length,
+            "attention": self.attention,
+            "max_tokens_per_batch": self.max_tokens_per_batch,
+        }
+
+    def score(self, queries: Sequence[str], documents: Sequence[str]) -> np.ndarray:
+        """Raw logits (float32 [n]) for the pairs (queries[i], documents[i]), in input order."""
+        return self.score_tokens(self.tokenizer(queries, documents))
+
+    @torch.inference_mode()
+    def score_tokens(self, pairs: TokenizedPairs) -> np.ndarray:
+        """Raw logits (float32 [n]) for already tokenized pairs, in input order."""
+        start = time.perf_counter()
+        padded = self._encoder is None
+        out = np.empty(len(pairs), np.float32)
+        pending = []  # device results; copied back once so the host never waits mid-stream
+        for index in pack_batches(pairs.lengths, self.max_tokens_per_batch, padded=padded):
+            pending.extend(self._run_with_split(pairs, index))
+        for index, scores in pending:
+            out[index] = scores.float().cpu().numpy()
+        self.stats["pairs"] += len(pairs)
+        self.stats["tokens"] += int(pairs.offsets[-1])
+        self.stats["truncated"] += pairs.num_truncated
+        self.stats["seconds"] += time.perf_counter() - start
+        return out
+
+    def _run_with_split(self, pairs: TokenizedPairs, index: np.ndarray) -> list:
+        """Run one batch; if the device runs out of memory, halve it and retry."""
+        try:
+            self.stats["batches"] += 1
+            return [(index, self._forward(pairs.take(index)))]
+        except torch.OutOfMemoryError:
+            if len(index) == 1:
+                raise
+            self.stats["oom_splits"] += 1
+            log.warning("out of device memory on a batch of %d pairs; splitting it in two", len(index))
+            torch.cuda.empty_cache()
+            half = len(index) // 2
+            return self._run_with_split(pairs, index[:half]) + self._run_with_split(pairs, index[half:])
+
+    def _forward(self, batch_pairs: TokenizedPairs) -> torch.Tensor:
+        if self._encoder is None:
+            return self._forward_padded(batch_pairs)
+        packed = PackedBatch.from_pairs(batch_pairs, self.device)
+        features = {"sentence_embedding": self._encoder(packed)}
+        for module in self._head:
+            features = module(features)
+        return features["scores"].reshape(-1)
+
+    def _forward_padded(self, batch_pairs: TokenizedPairs) -> torch.Tensor:
+        lengths = batch_pairs.lengths
+        n, width = len(lengths), int(lengths.max())
+        positions = np.arange(width)[None, :]
+        mask = positions < lengths[:, None]
+        ids = np.full((n, width), self.tokenizer.pad_token_id, np.int64)
+        ids[mask] = batch_pairs.input_ids
+        features = {
+            "input_ids": torch.from_numpy(ids).to(self.device),
+            "attention_mask": torch.from_numpy(mask.astype(np.int64)).to(self.device),
+        }
+        if batch_pairs.segment_a is not None:
+            types = (positions >= batch_pairs.segment_a[:, None]) & mask
+            features["token_type_ids"] = torch.from_numpy(types.astype(np.int64)).to(self.device)
+        for module in self._ce.children():
+            features = module(features)
+        return features["scores"].reshape(-1)
