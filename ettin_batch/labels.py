@@ -98,7 +98,9 @@ def backfill_labels(
     dataset = _scores_dataset(scores_path, score_col)
     out_fs, out_dir = trec.url_to_fs(output)
     out_fs.makedirs(out_dir, exist_ok=True)
-    paths = {name: f"{out_dir.rstrip('/')}/{name}" for name in (QRELS_FILE, PARQUET_FILE, HISTOGRAM_FILE, SUCCESS_FILE)}
+    names = (QRELS_FILE, PARQUET_FILE, HISTOGRAM_FILE, SUCCESS_FILE)
+    paths = {name: f"{out_dir.rstrip('/')}/{name}" for name in names}
+    shown = {name: f"{output.rstrip('/')}/{name}" for name in names}  # as the user spelled it, s3:// included
 
     if cuts is not None:
         summary = _label_by_thresholds(dataset, score_col, cuts, out_fs, paths)
@@ -110,7 +112,7 @@ def backfill_labels(
         "thresholds": cuts,
         "top_n_relevant": top_n_relevant,
         **summary,
-        "files": {k: v for k, v in paths.items() if k != SUCCESS_FILE},
+        "files": {k: v for k, v in shown.items() if k != SUCCESS_FILE},
         "version": __version__,
     }
     with out_fs.open(paths[SUCCESS_FILE], "wt") as f:

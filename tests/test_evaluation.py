@@ -21,6 +21,7 @@ from ettin_batch.evaluation import (
     parse_metric,
 )
 from ettin_batch.trec import TrecInputError
+from local_s3 import local_s3
 
 ALL_METRICS = ["ndcg@10", "mrr@10", "recall@100", "map", "ndcg", "mrr", "map@5", "p@5", "mrr@3", "recall@5"]
 
@@ -233,6 +234,18 @@ def test_reads_any_fsspec_filesystem():
     with fs.open("/evaltest/qrels.parquet", "wb") as f:
         pq.write_table(qrels, f)
     got = quiet_evaluate("memory://evaltest/scores", "memory://evaltest/qrels.parquet")
+    assert got["metrics"] == pytest.approx(reference(run, qrels, list(got["metrics"])), abs=1e-6)
+
+
+def test_reads_run_and_qrels_from_s3(monkeypatch):
+    run, qrels = random_case(14)
+    with local_s3(monkeypatch, "evalbucket") as root:
+        fs = fsspec.filesystem("s3")
+        with fs.open(f"{root}/out/scores/part-0.parquet", "wb") as f:
+            pq.write_table(run, f)
+        with fs.open(f"{root}/qrels.parquet", "wb") as f:
+            pq.write_table(qrels, f)
+        got = quiet_evaluate(f"{root}/out", f"{root}/qrels.parquet")
     assert got["metrics"] == pytest.approx(reference(run, qrels, list(got["metrics"])), abs=1e-6)
 
 
