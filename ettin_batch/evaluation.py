@@ -8,8 +8,9 @@ keep that true for every metric, tie and empty query, now and after the next
 trec_eval fix, is to let the reference compute it. Its cost is building
 {query: {doc: score}} dicts, which we bound by reading only the id and score
 columns and keeping only judged queries: evaluation is limited by the size of
-the qrels, not of the run. Everything around the metric (reading, validation,
-the mrr@k cut, averaging, the baseline) is Arrow here.
+the qrels, not of the run (7M run rows, 6k judged queries: about 9 s on 2 CPU
+cores, of which pytrec_eval itself is 2.6 s). Everything around the metric
+(reading, validation, the mrr@k cut, averaging, the baseline) is Arrow and numpy.
 
 Semantics, all inherited from pytrec_eval / trec_eval and reported as warnings:
 - documents are ranked by score descending, ties by doc_id descending (byte order);
@@ -18,7 +19,9 @@ Semantics, all inherited from pytrec_eval / trec_eval and reported as warnings:
   skipped too (trec_eval's default, not `-c`), so the mean is over the queries in both;
 - a judged query with no relevant document (all grades <= 0) is kept and scores 0
   on every metric, so it lowers the mean;
-- a document is relevant at grade >= 1; nDCG uses the grade as gain, negatives count 0.
+- a document is relevant at grade >= 1; nDCG uses the grade as gain, negatives count 0;
+- a (query, doc) pair scored twice is an error (pytrec_eval would keep one score
+  silently); it is checked on the judged queries, the only ones that count.
 Metric names: ndcg, ndcg@k, map, map@k, recall@k, p@k, mrr, mrr@k. pytrec_eval
 has no cut recip_rank, so mrr@k is recip_rank where the first relevant document
 is within rank k and 0 otherwise, which is recip_rank on the run cut at k.
