@@ -41,8 +41,21 @@ def _torch_varlen(q, k, v, batch: PackedBatch, window, cls_only):
     from torch.nn.attention.varlen import varlen_attn
 
     cu_q, max_q = (_arange_cu(batch), 1) if cls_only else (batch.cu_seqlens, batch.max_seqlen)
-    w = (-1, -1) if window is None else (window, window)
-    return varlen_attn(q, k, v, cu_q, batch.cu_seqlens, max_q, batch.max_seqlen, window_size=w)
+    if window is None:
+        return varlen_attn(q, k, v, cu_q, batch.cu_seqlens, max_q, batch.max_seqlen)
+    if not _WINDOW_VIA_ATEN:
+        try:
+            return varlen_attn(q, k, v, cu_q, batch.cu_seqlens, max_q, batch.max_seqlen, window_size=(window, window))
+        except (TypeError, RuntimeError):  # older torch (no window_size) or its cuDNN path (no windows)
+            _WINDOW_VIA_ATEN.append(True)
+    # The flash kernel varlen_attn wraps has taken a window since torch 2.5.
+    return torch.ops.aten._flash_attention_forward(
+        q, k, v, cu_q, batch.cu_seqlens, max_q, batch.max_seqlen, 0.0, False, False,
+        window_size_left=window, window_size_right=window,
+    )[0]
+
+
+_WINDOW_VIA_ATEN: list = []
 
 
 def _arange_cu(batch: PackedBatch) -> torch.Tensor:
