@@ -1,0 +1,126 @@
+"""The `ettin-batch` command. Subcommands register themselves in SUBCOMMANDS.
+
+    ettin-batch rerank --input s3://bucket/candidates/ --output s3://bucket/reranked/ \\
+        --model cross-encoder/ettin-reranker-17m-v1 --top-k 10
+
+Flags override the values in `--config job.yaml` (or .toml); the result is validated once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from ettin_batch import __version__
+from ettin_batch.config import DTYPES, ConfigError, RerankConfig
+
+# name -> (add the subcommand's arguments to its parser, run it and return an exit code)
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+OFFLINE_HINT = ("The Hugging Face Hub could not be reached. Pass a local model folder (--model /path/to/ettin-reranker), "
+                "download it first (huggingface-cli download cross-encoder/ettin-reranker-17m-v1), or measure speed "
+                "with random weights of the real shape: --model random:ettin-17m (its scores are meaningless).")
+
+
+def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+             run: Callable[[argparse.Namespace], int]) -> None:
+    """Add `ettin-batch NAME`: `add_arguments` fills its parser, `run` executes it and returns an exit code."""
+    SUBCOMMANDS[name] = (help, add_arguments, run)
+
+
+def _add_rerank_arguments(p: argparse.ArgumentParser) -> None:
+    # Every default is None: a flag given on the command line overrides the config file, an absent one does not.
+    p.add_argument("--config", help="YAML or TOML file with any of the settings below (flags win)")
+    p.add_argument("--input", nargs="+", help="Parquet folder(s), glob(s) or file(s); local, s3://, gs://")
+    p.add_argument("--output", help="output folder: scores/, topk/, rejects/, _SUCCESS.json")
+    p.add_argument("--model", help="Hub id, local folder or random:<shape> (default cross-encoder/ettin-reranker-17m-v1)")
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit) of --model")
+    p.add_argument("--top-k", type=int, help="candidates kept per query in topk/ (default 10)")
+    p.add_argument("--max-length", type=int, help="tokens per pair after truncation (default 512)")
+    p.add_argument("--dtype", choices=DTYPES, help="model dtype (auto: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--attention", help="attention backend: auto, flash, torch, reference, padded")
+    p.add_argument("--actors", type=int, help="scoring actors (default: one per GPU, 1 without GPUs)")
+    p.add_argument("--gpus-per-actor", type=float, help="GPUs per scoring actor (default 1; 0 scores on CPU)")
+    p.add_argument("--cpus-per-actor", type=float, help="CPUs per scoring actor")
+    p.add_argument("--max-tokens-per-batch", type=int, help="token budget of one forward pass")
+    p.add_argument("--batch-size", type=int, help="pairs per Ray batch (default 1024)")
+    p.add_argument("--query-id-col", help="input column holding the query id (default query_id)")
+    p.add_argument("--query-col", help="input column holding the query text (default query)")
+    p.add_argument("--doc-id-col", help="input column holding the document id (default doc_id)")
+    p.add_argument("--document-col", help="input column holding the document text (default document)")
+    p.add_argument("--passthrough", nargs="*", help="extra columns copied to scores/ (default: all others)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace a finished run's output")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="hide Ray Data's progress bars")
+
+
+_COLUMN_FLAGS = {"query_id_col": "query_id", "query_col": "query", "doc_id_col": "doc_id",
+                 "document_col": "document"}
+
+
+def rerank_config(args: argparse.Namespace) -> RerankConfig:
+    """The config file (if any) with the flags given on the command line applied on top, validated."""
+    config = RerankConfig.from_file(args.config) if args.config else RerankConfig()
+    changes = {}
+    for name in ("input", "output", "model", "revision", "top_k", "max_length", "dtype", "attention", "actors",
+                 "gpus_per_actor", "cpus_per_actor", "max_tokens_per_batch", "batch_size", "passthrough",
+                 "address", "overwrite", "progress"):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value
+    columns = {role: getattr(args, flag) for flag, role in _COLUMN_FLAGS.items() if getattr(args, flag)}
+    if columns:
+        import dataclasses
+
+        changes["columns"] = dataclasses.replace(config.columns, **columns)
+    return config.replace(**changes).validate()
+
+
+def _run_rerank(args: argparse.Namespace) -> int:
+    from ettin_batch.engine import ModelLoadError
+    from ettin_batch.pipeline import rerank
+    from ettin_batch.pipeline.inputs import InputError
+    from ettin_batch.pipeline.job import OutputError
+
+    try:
+        config = rerank_config(args)
+        result = rerank(config)
+    except ModelLoadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        print(OFFLINE_HINT, file=sys.stderr)
+        return 2
+    except (ConfigError, InputError, OutputError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 0
+
+
+register("rerank", "score every (query, document) pair in Parquet shards; write scores and per-query top-k",
+         _add_rerank_arguments, _run_rerank)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ettin-batch", description="Offline batch reranking with Ettin cross-encoders on Ray Data.")
+    parser.add_argument("--version", action="version", version=f"ettin-batch {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help, add_arguments, run) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help, description=help)
+        add_arguments(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args._run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The run's record: counts read back from the written files, `_SUCCESS.json`, the closing summary.
+
+`_SUCCESS.json` is written last, and only when in = scored + rejected holds; a folder
+without it is an incomplete run.
+"""
+
+from __future__ import annotations
+
+import platform
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pyarrow.parquet as pq
+
+from ettin_batch import __version__, storage
+
+SUCCESS = "_SUCCESS.json"
+
+
+def count_rows(loc: storage.Location, folder: str) -> int:
+    """Rows in every Parquet file under `folder` (footers only); 0 when it does not exist."""
+    if not loc.fs.exists(folder):
+        return 0
+    files = [p for p in loc.fs.find(folder) if p.endswith(".parquet")]
+    if not files:
+        return 0
+    with ThreadPoolExecutor(max_workers=min(32, len(files))) as pool:
+        return sum(pool.map(lambda p: pq.read_metadata(p, filesystem=loc.pa_fs).num_rows, files))
+
+
+@dataclass
+class RunResult:
+    """What `rerank` returns: the manifest written to _SUCCESS.json, and where."""
+
+    output: str
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict:
+        return self.manifest["counts"]
+
+    def summary(self) -> str:
+        m, c = self.manifest, self.manifest["counts"]
+        lines = [
+            f"ettin-batch rerank: done in {m['wall_time_s']:.1f} s",
+            f"  pairs in {c['in']:,}  scored {c['scored']:,}  rejected {c['rejected']:,}"
+            f"  (truncated at {m['max_length']} tokens: {c['truncated']:,})",
+            f"  {m['pairs_per_s']:,.0f} pairs/s  {m['tokens_per_s']:,.0f} tokens/s",
+            f"  model {m['model']['model_id']} ({m['model'].get('dtype')}, {m['model'].get('device')})"
+            + ("  RANDOM WEIGHTS: scores are meaningless" if m["model"].get("is_random") else ""),
+            f"  output {self.output}  (scores/, topk/ top-{m['top_k']}, rejects/, {SUCCESS})",
+        ]
+        return "\n".join(lines)
+
+
+def build_manifest(*, config, plan, model: dict, counts: dict, tokens: int, wall_time_s: float,
+                   actors: dict, started_at: str, finished_at: str) -> dict:
+    import ray
+
+    return {
+        "status": "success",
+        "model": model,
+        "dtype": model.get("dtype"),
+        "max_length": config.max_length,
+        "top_k": config.top_k,
+        "counts": counts,
+        "tokens": tokens,
+        "wall_time_s": round(wall_time_s, 3),
+        "pairs_per_s": round(counts["scored"] / wall_time_s, 1) if wall_time_s > 0 else None,
+        "tokens_per_s": round(tokens / wall_time_s, 1) if wall_time_s > 0 else None,
+        "input": {"paths": list(config.input), "files": len(plan.files),
+                  "columns": dict(zip(("query_id", "query", "doc_id", "document"), config.columns.required())),
+                  "passthrough": plan.passthrough},
+        "actors": actors,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "versions": {"ettin_batch": __version__, "ray": ray.__version__, "python": platform.python_version()},
+        "package_version": __version__,
+    }

@@ -1,0 +1,86 @@
+"""The scoring stage: a thin Ray actor around the engine's Reranker, one model per actor.
+
+The actor only turns Arrow token columns into scores; packing, attention and the model
+live in `ettin_batch.engine`, which runs and is tested without Ray.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from ettin_batch.engine.tokenize import IDS_COL, SPLIT_COL, TRUNC_COL
+
+TOKEN_COLS = (IDS_COL, SPLIT_COL, TRUNC_COL)
+
+
+@ray.remote(num_cpus=0)
+class RunStats:
+    """Totals the scoring actors report, so the driver can write tokens/s and the model info.
+
+    Counts of rows come from the written files, not from here: a retried batch is counted
+    twice here, never in the output.
+    """
+
+    def __init__(self):
+        self.tokens = 0
+        self.truncated = 0
+        self.pairs = 0
+        self.model_seconds = 0.0
+        self.info: dict | None = None
+
+    def add(self, pairs: int, tokens: int, truncated: int, seconds: float) -> None:
+        self.pairs += pairs
+        self.tokens += tokens
+        self.truncated += truncated
+        self.model_seconds += seconds
+
+    def set_info(self, info: dict) -> None:
+        if self.info is None:
+            self.info = info
+
+    def totals(self) -> dict:
+        return {"pairs": self.pairs, "tokens": self.tokens, "truncated": self.truncated,
+                "model_seconds": self.model_seconds, "info": self.info}
+
+
+class ScorePairs:
+    """Ray Data callable class: a batch of tokenized pairs in, the same rows with `score` out."""
+
+    def __init__(self, *, model: str, revision: str | None, dtype: str, max_length: int,
+                 max_tokens_per_batch: int | None, attention: str, device: str, threads: int | None, stats):
+        import time
+
+        import torch
+
+        from ettin_batch.engine import Reranker
+
+        if threads:
+            # Ray sets OMP_NUM_THREADS from the actor's CPU share, rounded down; use what was reserved.
+            torch.set_num_threads(threads)
+        self._time = time.perf_counter
+        self.reranker = Reranker.from_pretrained(model, revision=revision, device=device, dtype=dtype,
+                                                 max_length=max_length, max_tokens_per_batch=max_tokens_per_batch,
+                                                 attention=attention)
+        self.stats = stats
+        self.stats.set_info.remote(self.reranker.info)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from ettin_batch.engine.tokenize import TokenizedPairs
+
+        out = batch.drop_columns([c for c in TOKEN_COLS if c in batch.column_names])
+        if batch.num_rows == 0:
+            return out.append_column("score", pa.array([], pa.float32()))
+        pairs = TokenizedPairs.from_arrow(batch)
+        start = self._time()
+        scores = self.reranker.score_tokens(pairs)
+        self.stats.add.remote(len(pairs), int(pairs.offsets[-1]), pairs.num_truncated, self._time() - start)
+        return out.append_column("score", pa.array(np.asarray(scores, np.float32), pa.float32()))
+
+
+def actor_threads(cpus_per_actor: float) -> int:
+    """Torch threads for a CPU actor that reserved `cpus_per_actor` logical CPUs."""
+    return max(1, math.ceil(cpus_per_actor))

@@ -1,0 +1,68 @@
+"""The CPU stage: rename columns, set aside rows that cannot be scored, tokenize the rest.
+
+Runs as plain Ray tasks on Arrow batches. Text stops here: the batch that goes on to the
+scoring actors carries ids, pass-through columns and token ids, never the texts.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+REJECT_REASON_COL = "reason"
+# Checked in this order; a row with several problems lists them all, joined by "; ".
+_NULL_CHECKS = ("query_id", "doc_id", "query", "document")
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model: str, revision: str | None, max_length: int):
+    # Ray reuses worker processes across tasks, so each worker loads the tokenizer once.
+    from ettin_batch.engine import resolve_model
+    from ettin_batch.engine.tokenize import PairTokenizer
+
+    return PairTokenizer.from_pretrained(resolve_model(model, revision=revision).path, max_length)
+
+
+def reject_reasons(batch: pa.Table) -> tuple[np.ndarray, list[str]]:
+    """Which rows cannot be scored (bool [n]) and, for those rows only, why."""
+    nulls = {name: pc.is_null(batch.column(name)).to_numpy(zero_copy_only=False) for name in _NULL_CHECKS}
+    bad = np.logical_or.reduce(list(nulls.values()))
+    reasons = ["; ".join(f"null {name}" for name in _NULL_CHECKS if nulls[name][i]) for i in np.flatnonzero(bad)]
+    return bad, reasons
+
+
+def _write_rejects(rejects: pa.Table, rejects_dir: str, filesystem: pafs.FileSystem) -> None:
+    # A retried task writes the same rows to the same name, so a retry never duplicates rejects.
+    digest = hashlib.sha1()
+    for name in ("query_id", "doc_id"):
+        digest.update(repr(rejects.column(name).to_pylist()).encode())
+    filesystem.create_dir(rejects_dir, recursive=True)
+    pq.write_table(rejects, f"{rejects_dir}/rejects-{digest.hexdigest()[:20]}.parquet", filesystem=filesystem)
+
+
+def tokenize_batch(batch: pa.Table, *, model: str, revision: str | None, max_length: int,
+                   rename: dict[str, str], rejects_dir: str, filesystem: pafs.FileSystem) -> pa.Table:
+    """One Ray batch in (input column names), tokenized pairs out (canonical names, no texts).
+
+    Rows with a null id or text are written to `rejects_dir` with a `reason` column and dropped.
+    """
+    batch = batch.rename_columns([rename.get(n, n) for n in batch.column_names])
+    bad, reasons = reject_reasons(batch)
+    if bad.any():
+        rejects = batch.filter(pa.array(bad)).append_column(REJECT_REASON_COL, pa.array(reasons, pa.string()))
+        _write_rejects(rejects, rejects_dir, filesystem)
+        batch = batch.filter(pa.array(~bad))
+    queries = batch.column("query").to_pylist()
+    documents = batch.column("document").to_pylist()
+    pairs = _tokenizer(model, revision, max_length)(queries, documents)
+    out = batch.drop_columns(["query", "document"])
+    for name, column in pairs.to_arrow().items():
+        out = out.append_column(name, column)
+    return out

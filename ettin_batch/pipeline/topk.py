@@ -1,0 +1,53 @@
+"""Per-query top-k without shuffling every candidate.
+
+The top-k of a union is the top-k of the parts' top-ks, so each block keeps only its own
+k best rows per query (`partial_topk`, no data movement), and only those rows are grouped
+by query_id for the final cut (`final_topk`). A query spread over many files still gets
+its exact top-k. Order: score descending, then doc_id ascending, so ties are deterministic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+SORT_KEYS = [("query_id", "ascending"), ("score", "descending"), ("doc_id", "ascending")]
+
+
+def best_k(table: pa.Table, k: int) -> tuple[pa.Table, np.ndarray]:
+    """The rows of `table` (query_id, doc_id, score, ...) in the k best per query, sorted by
+    query_id then rank; and their ranks (int32, 1 = best)."""
+    if table.num_rows == 0:
+        return table, np.zeros(0, np.int32)
+    table = table.take(pc.sort_indices(table, sort_keys=SORT_KEYS))
+    qid = table.column("query_id").combine_chunks()
+    new_group = np.ones(table.num_rows, bool)
+    if table.num_rows > 1:
+        new_group[1:] = pc.not_equal(qid[1:], qid[:-1]).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(new_group)
+    rank = np.arange(table.num_rows) - starts[np.cumsum(new_group) - 1] + 1
+    keep = rank <= k
+    return table.filter(pa.array(keep)), rank[keep].astype(np.int32)
+
+
+def partial_topk(batch: pa.Table, *, k: int) -> pa.Table:
+    """Per block: keep each query's k best rows (query_id, doc_id, score)."""
+    rows, _ = best_k(batch.select(["query_id", "doc_id", "score"]), k)
+    return rows
+
+
+def final_topk(group: pa.Table, *, k: int) -> pa.Table:
+    """Per query (all its partial rows): query_id, rank, doc_id, score of the k best."""
+    rows, rank = best_k(group.select(["query_id", "doc_id", "score"]), k)
+    return pa.table({
+        "query_id": rows.column("query_id"),
+        "rank": pa.array(rank, pa.int32()),
+        "doc_id": rows.column("doc_id"),
+        "score": rows.column("score"),
+    })
+
+
+def topk_schema(query_id_type: pa.DataType, doc_id_type: pa.DataType) -> pa.Schema:
+    return pa.schema([("query_id", query_id_type), ("rank", pa.int32()), ("doc_id", doc_id_type),
+                      ("score", pa.float32())])

@@ -1,0 +1,123 @@
+"""Where the files are: local paths, s3:// and other fsspec URLs, resolved to one filesystem.
+
+pyarrow's own `S3FileSystem()` ignores `AWS_ENDPOINT_URL`, so s3:// goes through s3fs
+(which honours it) wrapped as a pyarrow filesystem, and that explicit filesystem is what
+Ray's read_parquet / write_parquet receive. The s3fs instance pickles with its endpoint,
+so Ray workers on other nodes reach the same store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import fsspec
+import pyarrow.fs as pafs
+
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class Location:
+    """A resolved place: an fsspec filesystem (listing, small files), the same as a pyarrow
+    filesystem (for Ray), and the path inside it (no scheme: `bucket/key` on S3, absolute locally)."""
+
+    fs: fsspec.AbstractFileSystem
+    pa_fs: pafs.FileSystem
+    path: str
+    scheme: str
+
+    def url(self, path: str | None = None) -> str:
+        """A path in this filesystem written back as a URL, for messages and manifests."""
+        path = self.path if path is None else path
+        return path if self.scheme == "file" else f"{self.scheme}://{path}"
+
+    def join(self, *parts: str) -> str:
+        return posixpath.join(self.path.rstrip("/"), *parts)
+
+
+def _scheme(uri: str) -> str:
+    parsed = urlparse(uri)
+    # A Windows drive letter or a bare path has no real scheme.
+    return parsed.scheme if len(parsed.scheme) > 1 else "file"
+
+
+def _s3_filesystem() -> fsspec.AbstractFileSystem:
+    import s3fs
+
+    # Pass the endpoint explicitly: it then travels with the pickled filesystem to every worker.
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    client_kwargs = {"region_name": region} if region else {}
+    return s3fs.S3FileSystem(endpoint_url=endpoint or None, client_kwargs=client_kwargs)
+
+
+def resolve(uri: str) -> Location:
+    """Resolve a path or URL to a Location. Raises ValueError for a scheme with no installed backend."""
+    scheme = _scheme(uri)
+    if scheme == "file":
+        path = os.path.abspath(os.path.expanduser(uri[len("file://"):] if uri.startswith("file://") else uri))
+        return Location(fsspec.filesystem("file"), pafs.LocalFileSystem(), path, "file")
+    if scheme in ("s3", "s3a"):
+        fs = _s3_filesystem()
+    else:
+        try:
+            fs = fsspec.filesystem(scheme)
+        except (ImportError, ValueError) as e:
+            raise ValueError(f"cannot open {uri}: no filesystem for {scheme}:// ({e}); install its fsspec package "
+                             f"(gcsfs for gs://, adlfs for az://)") from None
+    path = fs._strip_protocol(uri)
+    return Location(fs, pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path, "s3" if scheme == "s3a" else scheme)
+
+
+def list_parquet(uris: list[str]) -> tuple[Location, list[str]]:
+    """Expand folders (recursively), globs and files into a sorted list of Parquet file paths.
+
+    Every input must live on the same filesystem. Files whose name starts with `_` or `.`
+    (markers such as _SUCCESS) are skipped inside folders. Raises FileNotFoundError naming
+    the input that matched nothing.
+    """
+    if not uris:
+        raise ValueError("no input paths given")
+    locations = [resolve(u) for u in uris]
+    first = locations[0]
+    if any(loc.scheme != first.scheme for loc in locations):
+        raise ValueError(f"all inputs must be on one filesystem; got schemes {sorted({l.scheme for l in locations})}")
+    files: list[str] = []
+    for uri, loc in zip(uris, locations):
+        fs, path = loc.fs, loc.path
+        if _GLOB_CHARS & set(path):
+            found = [p for p in fs.glob(path) if fs.isfile(p)]
+        elif fs.isdir(path):
+            found = [p for p in fs.find(path) if p.endswith(".parquet") and not _hidden(p, path)]
+        elif fs.isfile(path):
+            found = [path]
+        else:
+            raise FileNotFoundError(f"input {uri} does not exist")
+        if not found:
+            raise FileNotFoundError(f"input {uri} holds no .parquet files")
+        files.extend(found)
+    return first, sorted(dict.fromkeys(files))
+
+
+def _hidden(path: str, root: str) -> bool:
+    rel = posixpath.relpath(path, root)
+    return any(part.startswith(("_", ".")) for part in rel.split("/"))
+
+
+def write_json(loc: Location, path: str, data: dict) -> None:
+    with loc.fs.open(path, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(loc: Location, path: str) -> dict:
+    with loc.fs.open(path, "r") as f:
+        return json.load(f)
+
+
+def remove_tree(loc: Location, path: str) -> None:
+    if loc.fs.exists(path):
+        loc.fs.rm(path, recursive=True)

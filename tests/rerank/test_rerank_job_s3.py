@@ -1,0 +1,181 @@
+"""The rerank job end to end: shards on a real S3 server, a real local Ray, the tiny random model.
+
+One run (module fixture) and one behaviour per test, read back over HTTP like a user would.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ettin_batch.config import RerankConfig
+from ettin_batch.pipeline import rerank
+from ettin_batch.pipeline.topk import best_k
+
+from .conftest import TINY, read_parquet_folder, upload_parquet
+
+K = 3
+WORDS = "river water music film school data model search query document rank score index night".split()
+
+
+def _text(rng, n_min, n_max):
+    return " ".join(rng.choice(WORDS, rng.integers(n_min, n_max)))
+
+
+def _rows(rng, query_id, doc_ids, positions_from=0):
+    query = f"what about {_text(rng, 2, 6)} {query_id}"
+    return [{"query_id": query_id, "query": query, "doc_id": d, "document": _text(rng, 3, 60),
+             "lang": "en", "position": positions_from + i} for i, d in enumerate(doc_ids)]
+
+
+SCHEMA = pa.schema([("query_id", pa.string()), ("query", pa.string()), ("doc_id", pa.string()),
+                    ("document", pa.string()), ("lang", pa.string()), ("position", pa.int64())])
+
+
+@pytest.fixture(scope="module")
+def shards():
+    """Three shards: q-split spans shard 0 and 1; q-a and q-b share doc_ids; shard 2 is empty;
+    shard 1 also holds one row with a null query and one with a null document."""
+    rng = np.random.default_rng(7)
+    shard0 = _rows(rng, "q-a", [f"d{i}" for i in range(8)]) + _rows(rng, "q-b", [f"d{i}" for i in range(5)]) \
+        + _rows(rng, "q-split", [f"s{i}" for i in range(4)])
+    split_rest = _rows(rng, "q-split", [f"s{i}" for i in range(4, 10)], positions_from=4)
+    split_rest = [dict(r, query=shard0[-1]["query"]) for r in split_rest]
+    bad = _rows(rng, "q-bad", ["b0", "b1", "b2"])
+    bad[0]["query"] = None
+    bad[1]["document"] = None
+    shard1 = split_rest + bad
+    return [pa.Table.from_pylist(rows, schema=SCHEMA) for rows in (shard0, shard1, [])]
+
+
+@pytest.fixture(scope="module")
+def job(s3, ray_session, shards):
+    """Upload the shards, run the job once, read every output back over HTTP."""
+    s3.mkdir("ettin-in")
+    s3.mkdir("ettin-out")
+    for i, table in enumerate(shards):
+        upload_parquet(s3, table, f"ettin-in/candidates/part-{i}.parquet")
+    config = RerankConfig(input=["s3://ettin-in/candidates/"], output="s3://ettin-out/reranked/run-1/",
+                          model=TINY, top_k=K, batch_size=8, progress=False)
+    result = rerank(config)
+    out = "ettin-out/reranked/run-1"
+    with s3.open(f"{out}/_SUCCESS.json") as f:
+        manifest = json.load(f)
+    return {
+        "result": result,
+        "manifest": manifest,
+        "input": pa.concat_tables(shards),
+        "scores": read_parquet_folder(s3, f"{out}/scores"),
+        "topk": read_parquet_folder(s3, f"{out}/topk"),
+        "rejects": read_parquet_folder(s3, f"{out}/rejects"),
+    }
+
+
+def _keys(table):
+    return sorted(zip(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist()))
+
+
+def _valid(table):
+    return table.filter(pa.compute.and_(table["query"].is_valid(), table["document"].is_valid()))
+
+
+def test_every_scorable_pair_is_in_scores_exactly_once(job):
+    assert _keys(job["scores"]) == _keys(_valid(job["input"]))
+
+
+def test_each_score_equals_the_engine_scoring_that_pair_alone(job, reference_reranker):
+    expected = {}
+    for row in _valid(job["input"]).to_pylist():
+        expected[row["query_id"], row["doc_id"]] = float(reference_reranker.score([row["query"]], [row["document"]])[0])
+    scores = job["scores"]
+    assert scores.schema.field("score").type == pa.float32()
+    got = dict(zip(zip(scores["query_id"].to_pylist(), scores["doc_id"].to_pylist()), scores["score"].to_pylist()))
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_topk_is_the_k_best_of_the_written_scores_ties_by_doc_id(job):
+    scores = job["scores"].select(["query_id", "doc_id", "score"])
+    expected = []
+    for qid in sorted(set(scores["query_id"].to_pylist())):
+        rows = [r for r in scores.to_pylist() if r["query_id"] == qid]
+        rows.sort(key=lambda r: (-r["score"], r["doc_id"]))
+        expected += [(qid, rank, r["doc_id"], r["score"]) for rank, r in enumerate(rows[:K], start=1)]
+    topk = job["topk"]
+    assert topk.column_names == ["query_id", "rank", "doc_id", "score"]
+    got = sorted(zip(*(topk[c].to_pylist() for c in topk.column_names)))
+    assert got == sorted(expected)
+
+
+def test_a_query_split_across_two_shards_gets_one_topk_over_all_its_candidates(job):
+    split = job["topk"].filter(pa.compute.equal(job["topk"]["query_id"], "q-split"))
+    assert sorted(split["rank"].to_pylist()) == list(range(1, K + 1))
+    all_split = job["scores"].filter(pa.compute.equal(job["scores"]["query_id"], "q-split"))
+    assert all_split.num_rows == 10
+    best = sorted(all_split.to_pylist(), key=lambda r: (-r["score"], r["doc_id"]))[:K]
+    assert split.sort_by("rank")["doc_id"].to_pylist() == [r["doc_id"] for r in best]
+
+
+def test_duplicate_doc_ids_in_different_queries_are_scored_separately(job):
+    scores = job["scores"]
+    for qid, n in (("q-a", 8), ("q-b", 5)):
+        rows = scores.filter(pa.compute.equal(scores["query_id"], qid))
+        assert sorted(rows["doc_id"].to_pylist()) == sorted(f"d{i}" for i in range(n))
+
+
+def test_an_empty_shard_is_read_and_adds_nothing(job):
+    assert job["manifest"]["input"]["files"] == 3
+    assert job["manifest"]["counts"]["in"] == job["input"].num_rows
+
+
+def test_pass_through_columns_survive_unchanged(job):
+    scores = job["scores"]
+    assert {"lang", "position"} <= set(scores.column_names)
+    assert "query" not in scores.column_names and "document" not in scores.column_names
+    source = {(r["query_id"], r["doc_id"]): (r["lang"], r["position"]) for r in job["input"].to_pylist()}
+    for r in scores.to_pylist():
+        assert (r["lang"], r["position"]) == source[r["query_id"], r["doc_id"]]
+    assert scores.schema.field("position").type == pa.int64()
+
+
+def test_rows_with_a_null_query_or_document_go_to_rejects_with_a_reason(job):
+    rejects = sorted(job["rejects"].to_pylist(), key=lambda r: r["doc_id"])
+    assert [(r["query_id"], r["doc_id"], r["reason"]) for r in rejects] == [
+        ("q-bad", "b0", "null query"), ("q-bad", "b1", "null document")]
+    assert rejects[0]["lang"] == "en"  # rejects keep the whole row
+
+
+def test_counts_in_the_manifest_add_up(job):
+    counts = job["manifest"]["counts"]
+    assert counts == {**counts, "in": 26, "scored": 24, "rejected": 2}
+    assert counts["in"] == counts["scored"] + counts["rejected"]
+
+
+def test_manifest_records_model_speed_and_version(job):
+    m = job["manifest"]
+    assert m["model"]["model_id"] == TINY and m["model"]["is_random"] is True
+    assert m["dtype"] == "float32" and m["max_length"] == 512 and m["top_k"] == K
+    assert m["wall_time_s"] > 0 and m["pairs_per_s"] > 0 and m["tokens_per_s"] > 0
+    assert m["package_version"]
+
+
+def test_summary_names_counts_speed_and_output(job):
+    text = job["result"].summary()
+    for part in ("pairs in 26", "scored 24", "rejected 2", "pairs/s", "tokens/s", "s3://ettin-out/reranked/run-1",
+                 "RANDOM WEIGHTS"):
+        assert part in text
+
+
+def test_partial_topk_of_blocks_equals_topk_of_the_whole():
+    rng = np.random.default_rng(0)
+    n = 400
+    table = pa.table({"query_id": rng.integers(0, 20, n), "doc_id": rng.permutation(n),
+                      "score": rng.integers(0, 5, n).astype(np.float32)})  # many ties
+    whole, whole_rank = best_k(table, 4)
+    parts = [best_k(table.slice(i, 50), 4)[0] for i in range(0, n, 50)]
+    merged, merged_rank = best_k(pa.concat_tables(parts), 4)
+    assert merged.to_pylist() == whole.to_pylist()
+    assert merged_rank.tolist() == whole_rank.tolist()
