@@ -365,21 +365,17 @@ def evaluate(
 # ---------------------------------------------------------------- CLI
 
 
-def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `eval` on the `ettin-batch` command."""
-    p = subparsers.add_parser(
-        "eval",
-        help="score a run against qrels (pytrec_eval numbers)",
-        description="Score a run (scores/, topk/ or a TREC run file) against qrels (TREC or Parquet).",
-    )
+EVAL_HELP = "score a run (scores/, topk/ or a TREC run file) against qrels (TREC or Parquet) with pytrec_eval's numbers"
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """Fill the parser of `ettin-batch eval` (registered by ettin_batch.cli)."""
     p.add_argument("--run", required=True, help="scores/ or topk/ folder, job output folder, Parquet file or TREC run file")
     p.add_argument("--qrels", required=True, help="TREC qrels file, or Parquet with query_id, doc_id, relevance")
     p.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated (default: %(default)s)")
     p.add_argument("--score-col", default="score", help="run column to rank by (default: %(default)s)")
     p.add_argument("--baseline-col", default=None, help="also score this pass-through column's order, e.g. retrieval_score")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=run_eval)
-    return p
 
 
 def format_table(result: dict) -> str:
@@ -422,10 +418,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m ettin_batch.evaluation ...`, the same as `ettin-batch eval ...`."""
-    parser = argparse.ArgumentParser(prog="ettin-batch")
-    add_eval_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    parser = argparse.ArgumentParser(prog="ettin-batch eval", description=EVAL_HELP)
+    add_eval_arguments(parser)
+    return run_eval(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -277,21 +277,17 @@ def _write_histogram(fs, path: str, edges: np.ndarray, hists: dict[str, np.ndarr
 # ---------------------------------------------------------------- CLI
 
 
-def add_labels_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `labels` on the `ettin-batch` command."""
-    p = subparsers.add_parser(
-        "labels",
-        help="turn scores into graded relevance labels (TREC qrels + Parquet + histogram)",
-        description="Turn reranker scores into graded relevance labels.",
-    )
+LABELS_HELP = "turn reranker scores into graded relevance labels: TREC qrels, Parquet and a score histogram"
+
+
+def add_labels_arguments(p: argparse.ArgumentParser) -> None:
+    """Fill the parser of `ettin-batch labels` (registered by ettin_batch.cli)."""
     p.add_argument("--scores", required=True, help="the job's scores/ folder (or its output folder), any fsspec path")
     p.add_argument("--output", required=True, help="folder for qrels.txt, labels.parquet, score_histogram.png")
     rule = p.add_mutually_exclusive_group(required=True)
     rule.add_argument("--thresholds", help="increasing score cuts, e.g. 0.0,4.0,8.0 -> grades 0-3 (score == cut takes the higher grade)")
     rule.add_argument("--top-n-relevant", type=int, help="the N best documents of each query get grade 1, the rest 0")
     p.add_argument("--score-col", default="score", help="column to grade (default: %(default)s)")
-    p.set_defaults(func=run_labels)
-    return p
 
 
 def run_labels(args: argparse.Namespace) -> int:
@@ -311,10 +307,9 @@ def run_labels(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m ettin_batch.labels ...`, the same as `ettin-batch labels ...`."""
-    parser = argparse.ArgumentParser(prog="ettin-batch")
-    add_labels_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["labels", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    parser = argparse.ArgumentParser(prog="ettin-batch labels", description=LABELS_HELP)
+    add_labels_arguments(parser)
+    return run_labels(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
