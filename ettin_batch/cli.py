@@ -19,11 +19,6 @@ from ettin_batch.config import DTYPES, ConfigError, RerankConfig
 # name -> (add the subcommand's arguments to its parser, run it and return an exit code)
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
-OFFLINE_HINT = ("The Hugging Face Hub could not be reached. Pass a local model folder (--model /path/to/ettin-reranker), "
-                "download it first (huggingface-cli download cross-encoder/ettin-reranker-17m-v1), or measure speed "
-                "with random weights of the real shape: --model random:ettin-17m (its scores are meaningless).")
-
-
 def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
              run: Callable[[argparse.Namespace], int]) -> None:
     """Add `ettin-batch NAME`: `add_arguments` fills its parser, `run` executes it and returns an exit code."""
@@ -89,8 +84,8 @@ def _run_rerank(args: argparse.Namespace) -> int:
         config = rerank_config(args)
         result = rerank(config)
     except ModelLoadError as e:
+        # The engine's message already says how to pass a local folder or a random: model.
         print(f"error: {e}", file=sys.stderr)
-        print(OFFLINE_HINT, file=sys.stderr)
         return 2
     except (ConfigError, InputError, OutputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
