@@ -14,6 +14,7 @@ import pytest
 import pytrec_eval
 
 from ettin_batch.evaluation import (
+    DEFAULT_METRICS,
     EvaluationError,
     EvaluationWarning,
     evaluate,
@@ -347,6 +348,15 @@ def test_cli_json_holds_metrics_and_query_count(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert set(result["metrics"]) == {"ndcg@10", "mrr@10", "recall@100", "map"}
     assert result["metrics"] == pytest.approx(reference(run, qrels, list(result["metrics"])), abs=1e-6)
+
+
+def test_ettin_batch_eval_is_a_registered_subcommand(tmp_path, capsys):
+    from ettin_batch.cli import main as ettin_batch
+
+    run, qrels = random_case(15)
+    args = ["eval", "--run", write_trec_run(run, tmp_path / "run.trec"), "--qrels", write_trec_qrels(qrels, tmp_path / "q.txt"), "--json"]
+    assert ettin_batch(args) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"] == pytest.approx(reference(run, qrels, list(DEFAULT_METRICS)), abs=1e-6)
 
 
 def test_cli_bad_input_exits_2_with_the_reason(tmp_path, capsys):

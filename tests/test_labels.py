@@ -237,6 +237,14 @@ def test_cli_prints_pairs_per_grade_and_the_files(tmp_path, capsys):
     assert "qrels.txt" in out and "labels.parquet" in out and "score_histogram.png" in out
 
 
+def test_ettin_batch_labels_is_a_registered_subcommand(tmp_path):
+    from ettin_batch.cli import main as ettin_batch
+
+    path = write_scores(tmp_path / "scores", ["q"] * 2, ["a", "b"], [1.0, 9.0], n_files=1)
+    assert ettin_batch(["labels", "--scores", path, "--output", str(tmp_path / "labels"), "--top-n-relevant", "1"]) == 0
+    assert (tmp_path / "labels" / "qrels.txt").read_text() == "q 0 b 1\nq 0 a 0\n"
+
+
 def test_cli_thresholds_out_of_order_exit_2_with_the_reason(tmp_path, capsys):
     path = write_scores(tmp_path / "scores", ["q"], ["d"], [1.0], n_files=1)
     assert main(["--scores", path, "--output", str(tmp_path / "labels"), "--thresholds", "8,4"]) == 2
