@@ -101,6 +101,9 @@ def backfill_labels(
     names = (QRELS_FILE, PARQUET_FILE, HISTOGRAM_FILE, SUCCESS_FILE)
     paths = {name: f"{out_dir.rstrip('/')}/{name}" for name in names}
     shown = {name: f"{output.rstrip('/')}/{name}" for name in names}  # as the user spelled it, s3:// included
+    if out_fs.exists(paths[SUCCESS_FILE]):
+        # A rerun into the same folder: the old marker must not vouch for files this run rewrites.
+        out_fs.rm(paths[SUCCESS_FILE])
 
     if cuts is not None:
         summary = _label_by_thresholds(dataset, score_col, cuts, out_fs, paths)

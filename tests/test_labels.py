@@ -165,6 +165,15 @@ def test_success_json_is_written_last_with_grade_counts(tmp_path):
     assert written["rows"] == 4 and written["thresholds"] == [0.0, 4.0, 8.0]
 
 
+def test_a_failed_rerun_into_the_same_folder_leaves_no_success_marker(tmp_path):
+    good = write_scores(tmp_path / "good", ["q"], ["a"], [1.0], n_files=1)
+    bad = write_scores(tmp_path / "bad", ["q", "q"], ["a", "b c"], [1.0, 2.0], n_files=1)
+    backfill_labels(good, str(tmp_path / "labels"), thresholds="0")
+    with pytest.raises(TrecInputError):
+        backfill_labels(bad, str(tmp_path / "labels"), thresholds="0")
+    assert not (tmp_path / "labels" / "_SUCCESS.json").exists()
+
+
 def test_reads_and_writes_any_fsspec_filesystem():
     fs = fsspec.filesystem("memory")
     with fs.open("/labelstest/scores/part-0.parquet", "wb") as f:
