@@ -4,17 +4,22 @@
         --model cross-encoder/ettin-reranker-17m-v1 --top-k 10
 
 Flags override the values in `--config job.yaml` (or .toml); the result is validated once.
+`{date}` in the output path becomes today's UTC date (YYYY-MM-DD).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import sys
 from collections.abc import Callable
 
 from ettin_batch import __version__, evaluation, labels
 from ettin_batch.config import DTYPES, ConfigError, RerankConfig
+
+EXIT_USAGE = 2  # bad config, input or output: fix the command
+EXIT_MODEL = 3  # the model could not be loaded (e.g. the Hub is unreachable): scripts may retry with another
 
 # name -> (add the subcommand's arguments to its parser, run it and return an exit code)
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
@@ -71,7 +76,10 @@ def rerank_config(args: argparse.Namespace) -> RerankConfig:
         import dataclasses
 
         changes["columns"] = dataclasses.replace(config.columns, **columns)
-    return config.replace(**changes).validate()
+    config = config.replace(**changes)
+    # `{date}` in the output (nightly configs) becomes today's UTC date, so one file serves every night.
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    return config.replace(output=config.output.replace("{date}", today)).validate()
 
 
 def _run_rerank(args: argparse.Namespace) -> int:
@@ -86,10 +94,10 @@ def _run_rerank(args: argparse.Namespace) -> int:
     except ModelLoadError as e:
         # The engine's message already says how to pass a local folder or a random: model.
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_MODEL
     except (ConfigError, InputError, OutputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     print(result.summary())
     return 0
 

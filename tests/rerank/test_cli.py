@@ -38,6 +38,6 @@ def test_unreachable_hub_model_tells_how_to_pass_a_local_folder_or_random_model(
                    tmp_path / "part-0.parquet")
     code = main(["rerank", "--input", str(tmp_path / "part-0.parquet"), "--output", str(tmp_path / "out"),
                  "--model", "cross-encoder/ettin-reranker-17m-v1"])
-    assert code == 2
+    assert code == 3
     err = capsys.readouterr().err
     assert "local folder" in err and "random:ettin-17m" in err
