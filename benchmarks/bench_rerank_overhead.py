@@ -1,0 +1,84 @@
+"""Ray's overhead: the whole rerank job's pairs/s against `Reranker.score` alone, same pairs, same model.
+
+    python benchmarks/bench_rerank_overhead.py [--pairs 20000] [--model random:ettin-17m]
+
+1. writes the pairs as Parquet shards (ettin_batch.sample_data, seeded);
+2. engine alone, in this process: load the Reranker, then time `score(queries, documents)` over
+   all pairs in `--batch-size` chunks (tokenization included, as in the job);
+3. the job, in a fresh process exactly as a user runs it (`ettin-batch rerank`, which starts its
+   own local Ray): its pairs/s from _SUCCESS.json, whose wall time covers everything from the
+   command's start to the manifest (Ray start, actor start and model load, scoring, top-k).
+
+Target (issue 3): job pairs/s >= 0.8x engine pairs/s. Prints one JSON line with both figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--pairs", type=int, default=20_000)
+    p.add_argument("--model", default="random:ettin-17m")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--doc-words", type=int, nargs=2, default=(10, 60))
+    p.add_argument("--work", default=os.path.join(HERE, "_work", "overhead"))
+    args = p.parse_args()
+
+    from ettin_batch.sample_data import write_sample
+
+    data, out = os.path.join(args.work, "candidates"), os.path.join(args.work, "reranked")
+    candidates = 20
+    write_sample(data, queries=args.pairs // candidates, candidates=candidates, shards=8,
+                 doc_words=tuple(args.doc_words))
+
+    import torch
+
+    from ettin_batch.engine import Reranker
+
+    table = pq.read_table(data, columns=["query", "document"])
+    queries, documents = table["query"].to_pylist(), table["document"].to_pylist()
+    rr = Reranker.from_pretrained(args.model, device="cpu")
+    rr.score(queries[:64], documents[:64])  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(queries), args.batch_size):
+        rr.score(queries[i:i + args.batch_size], documents[i:i + args.batch_size])
+    engine_s = time.perf_counter() - start
+    engine_pps = len(queries) / engine_s
+    tokens = int(rr.stats["tokens"])
+    del rr
+
+    cmd = [sys.executable, "-m", "ettin_batch.cli", "rerank", "--input", data, "--output", out, "--model",
+           args.model, "--batch-size", str(args.batch_size), "--overwrite", "--no-progress", "--gpus-per-actor", "0"]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=sys.stderr)
+    command_s = time.perf_counter() - start
+    with open(os.path.join(out, "_SUCCESS.json")) as f:
+        manifest = json.load(f)
+
+    result = {
+        "benchmark": "rerank_overhead", "pairs": len(queries), "model": args.model,
+        "mean_tokens_per_pair": round(tokens / len(queries), 1),
+        "engine_s": round(engine_s, 1), "engine_pairs_per_s": round(engine_pps, 1),
+        "job_wall_s": manifest["wall_time_s"], "job_pairs_per_s": manifest["pairs_per_s"],
+        "command_s_incl_python_start": round(command_s, 1),
+        "ratio_job_over_engine": round(manifest["pairs_per_s"] / engine_pps, 3),
+        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine(),
+        "load_avg_after": os.getloadavg(),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

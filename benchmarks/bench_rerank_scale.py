@@ -1,0 +1,112 @@
+"""Scale: the rerank job on N pairs and on 10N pairs: wall time and peak memory of the whole job.
+
+    python benchmarks/bench_rerank_scale.py --pairs 200000 2000000 [--model random:ettin-tiny]
+
+Each size runs `ettin-batch rerank` in a fresh process (it starts its own local Ray). Peak memory is
+the largest sum, sampled every 0.5 s, of the proportional set size (PSS, so pages shared between
+processes such as Ray's object store are counted once) of that process and all its descendants:
+the driver, the raylet, GCS, every worker and actor. Input generation is not timed.
+
+Targets (issue 3): 10x the pairs -> wall time at most 11x, peak memory at most 1.5x (the job
+streams rather than materialising the dataset). Prints one JSON line per size, then the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def tree_pss_bytes(root: int) -> int:
+    """PSS of `root` and all its descendants, in bytes (Linux /proc)."""
+    total, stack, seen = 0, [root], set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+        stack += _children(pid)
+    return total
+
+
+def run_job(data: str, out: str, model: str, batch_size: int) -> dict:
+    cmd = [sys.executable, "-m", "ettin_batch.cli", "rerank", "--input", data, "--output", out, "--model", model,
+           "--batch-size", str(batch_size), "--overwrite", "--no-progress", "--gpus-per-actor", "0"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=sys.stderr)
+    peak = [0]
+
+    def sample():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_pss_bytes(proc.pid))
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    if proc.wait() != 0:
+        raise SystemExit(f"job failed with exit code {proc.returncode}")
+    wall = time.perf_counter() - start
+    sampler.join()
+    with open(os.path.join(out, "_SUCCESS.json")) as f:
+        manifest = json.load(f)
+    return {"wall_s": round(wall, 1), "peak_pss_mib": round(peak[0] / 2**20), "job_pairs_per_s": manifest["pairs_per_s"],
+            "scored": manifest["counts"]["scored"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--pairs", type=int, nargs="+", default=[200_000, 2_000_000])
+    p.add_argument("--model", default="random:ettin-tiny")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--pairs-per-shard", type=int, default=50_000)
+    p.add_argument("--doc-words", type=int, nargs=2, default=(5, 30))
+    p.add_argument("--work", default=os.path.join(HERE, "_work", "scale"))
+    args = p.parse_args()
+
+    from ettin_batch.sample_data import write_sample
+
+    results = []
+    for n in args.pairs:
+        data, out = os.path.join(args.work, f"in-{n}"), os.path.join(args.work, f"out-{n}")
+        if not os.path.exists(os.path.join(data, "_DONE")):
+            write_sample(data, queries=n // 20, candidates=20, shards=max(1, n // args.pairs_per_shard),
+                         doc_words=tuple(args.doc_words))
+            open(os.path.join(data, "_DONE"), "w").close()
+        r = {"benchmark": "rerank_scale", "pairs": n, "model": args.model, **run_job(data, out, args.model,
+                                                                                      args.batch_size)}
+        print(json.dumps(r), flush=True)
+        results.append(r)
+    for small, big in zip(results, results[1:]):
+        print(json.dumps({"pairs": [small["pairs"], big["pairs"]],
+                          "wall_ratio": round(big["wall_s"] / small["wall_s"], 2),
+                          "peak_memory_ratio": round(big["peak_pss_mib"] / small["peak_pss_mib"], 2)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The pipeline's steps are plain functions on Arrow tables: checked here without Ray."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ettin_batch.engine.tokenize import IDS_COL, TokenizedPairs
+from ettin_batch.pipeline.topk import final_topk
+from ettin_batch.pipeline.tokenize import tokenize_batch
+
+from .conftest import TINY
+
+RENAME = {"qid": "query_id", "q": "query", "pid": "doc_id", "text": "document"}
+
+
+def _batch():
+    return pa.table({"qid": [1, 1, 2, None], "q": ["a query", None, "other", "x"], "pid": ["d1", "d2", "d1", "d9"],
+                     "text": [None, "doc", "some document", "y"], "lang": ["en", "de", "fr", "it"]})
+
+
+def _tokenize(batch, rejects_dir):
+    return tokenize_batch(batch, model=TINY, revision=None, max_length=32, rename=RENAME,
+                          rejects_dir=str(rejects_dir), filesystem=pafs.LocalFileSystem())
+
+
+def test_tokenize_step_sets_null_rows_aside_with_every_reason(tmp_path):
+    _tokenize(_batch(), tmp_path / "rejects")
+    rejects = pq.read_table(tmp_path / "rejects").sort_by("doc_id")
+    assert rejects.column_names == ["query_id", "query", "doc_id", "document", "lang", "reason"]
+    assert list(zip(rejects["doc_id"].to_pylist(), rejects["reason"].to_pylist())) == [
+        ("d1", "null document"), ("d2", "null query"), ("d9", "null query_id")]
+
+
+def test_tokenize_step_emits_canonical_ids_tokens_and_pass_through_but_no_text(tmp_path):
+    out = _tokenize(_batch(), tmp_path / "rejects")
+    assert out["query_id"].to_pylist() == [2] and out["doc_id"].to_pylist() == ["d1"]
+    assert out["lang"].to_pylist() == ["fr"]
+    assert "query" not in out.column_names and "document" not in out.column_names
+    pairs = TokenizedPairs.from_arrow(out)
+    assert len(pairs) == 1 and 0 < pairs.lengths[0] <= 32
+
+
+def test_a_retried_batch_rewrites_the_same_rejects_file(tmp_path):
+    _tokenize(_batch(), tmp_path / "rejects")
+    _tokenize(_batch(), tmp_path / "rejects")
+    assert len(list((tmp_path / "rejects").iterdir())) == 1
+
+
+def test_a_batch_without_problems_writes_no_rejects(tmp_path):
+    batch = _batch().slice(2, 1)
+    out = _tokenize(batch, tmp_path / "rejects")
+    assert out.num_rows == 1 and IDS_COL in out.column_names
+    assert not (tmp_path / "rejects").exists()
+
+
+def test_final_topk_ranks_by_score_then_doc_id():
+    group = pa.table({"query_id": ["q"] * 4, "doc_id": ["d3", "d1", "d2", "d0"],
+                      "score": pa.array([0.5, 0.9, 0.5, 0.1], pa.float32())})
+    top = final_topk(group, k=3)
+    assert top.column_names == ["query_id", "rank", "doc_id", "score"]
+    assert top["doc_id"].to_pylist() == ["d1", "d2", "d3"] and top["rank"].to_pylist() == [1, 2, 3]
