@@ -88,7 +88,8 @@ def inspect_inputs(config: RerankConfig) -> InputPlan:
                                  f"{first_schema.field(name).type} in {loc.url(files[0])}; all shards need one type")
     for role, name in zip(("query", "document"), (columns.query, columns.document)):
         t = first_schema.field(name).type
-        if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        # An all-null column is typed null; its rows are rejected, so it is no reason to stop.
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
             raise InputError(f"{role} column {name!r} is {t}, not a string")
     return InputPlan(
         location=loc,

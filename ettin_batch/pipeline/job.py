@@ -20,6 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ettin_batch import storage
@@ -124,10 +125,13 @@ def _topk(config: RerankConfig, plan: InputPlan, out: storage.Location, scored: 
 
     scores_dir = out.join("scores")
     if scored == 0:
-        # Nothing was scored: an empty topk/ keeps the output layout the same for readers.
-        schema = topk_schema(plan.schema.field(plan.read_columns[0]).type, plan.schema.field(plan.read_columns[2]).type)
-        out.pa_fs.create_dir(out.join("topk"), recursive=True)
-        pq.write_table(schema.empty_table(), out.join("topk", "empty.parquet"), filesystem=out.pa_fs)
+        # Nothing was scored (every row rejected, or no rows): empty files keep the layout the same for readers.
+        id_types = {plan.rename[n]: plan.schema.field(n).type for n in plan.read_columns[:4]}
+        scores_schema = pa.schema([("query_id", id_types["query_id"]), ("doc_id", id_types["doc_id"]),
+                                   *[plan.schema.field(n) for n in plan.passthrough], ("score", pa.float32())])
+        for sub, schema in (("scores", scores_schema), ("topk", topk_schema(id_types["query_id"], id_types["doc_id"]))):
+            out.pa_fs.create_dir(out.join(sub), recursive=True)
+            pq.write_table(schema.empty_table(), out.join(sub, "empty.parquet"), filesystem=out.pa_fs)
         return
     ds = ray.data.read_parquet(scores_dir, filesystem=out.pa_fs, columns=["query_id", "doc_id", "score"])
     ds = ds.map_batches(partial_topk, batch_format="pyarrow", batch_size=None, fn_kwargs={"k": config.top_k})

@@ -179,3 +179,16 @@ def test_partial_topk_of_blocks_equals_topk_of_the_whole():
     merged, merged_rank = best_k(pa.concat_tables(parts), 4)
     assert merged.to_pylist() == whole.to_pylist()
     assert merged_rank.tolist() == whole_rank.tolist()
+
+
+def test_a_run_where_every_row_is_rejected_still_completes(tmp_path, ray_session):
+    import pyarrow.parquet as pq
+
+    table = pa.table({"query_id": ["q1", "q1"], "query": pa.array([None, None], pa.string()),
+                      "doc_id": ["d1", "d2"], "document": ["a", "b"], "lang": ["en", "en"]})
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    result = rerank(RerankConfig(input=[str(tmp_path / "part-0.parquet")], output=str(tmp_path / "out"),
+                                 model=TINY, progress=False))
+    assert result.counts["scored"] == 0 and result.counts["rejected"] == 2
+    assert pq.read_table(tmp_path / "out" / "scores").column_names == ["query_id", "doc_id", "lang", "score"]
+    assert pq.read_table(tmp_path / "out" / "topk").num_rows == 0
