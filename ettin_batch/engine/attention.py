@@ -62,8 +62,9 @@ def _arange_cu(batch: PackedBatch) -> torch.Tensor:
     return torch.arange(batch.num_pairs + 1, device=batch.cu_seqlens.device, dtype=torch.int32)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def _band(length: int, window: int, device: torch.device) -> torch.Tensor:
+    """Boolean mask, True where |i - j| <= window; built once per length."""
     i = torch.arange(length, device=device)
     return (i[:, None] - i[None, :]).abs() <= window
 
@@ -76,17 +77,15 @@ def _reference(q, k, v, batch: PackedBatch, window, cls_only):
         # A run of n pairs of one length is a dense [n, length] block of the token stream.
         kg = k[first : first + n * length].view(n, length, heads, dim).transpose(1, 2)
         vg = v[first : first + n * length].view(n, length, heads, dim).transpose(1, 2)
+        mask = None if window is None or length <= window + 1 else _band(length, window, q.device)
         if cls_only:
             qg = q[pair : pair + n].view(n, 1, heads, dim).transpose(1, 2)
-            mask = None if window is None or length <= window + 1 else _band(length, window, q.device)[:1]
+            o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=None if mask is None else mask[:1])
+            out[pair : pair + n] = o.transpose(1, 2).reshape(n, heads, dim)
         else:
             qg = q[first : first + n * length].view(n, length, heads, dim).transpose(1, 2)
-            mask = None if window is None or length <= window + 1 else _band(length, window, q.device)
-        o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask).transpose(1, 2)
-        if cls_only:
-            out[pair : pair + n] = o.reshape(n, heads, dim)
-        else:
-            out[first : first + n * length] = o.reshape(n * length, heads, dim)
+            o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask)
+            out[first : first + n * length] = o.transpose(1, 2).reshape(n * length, heads, dim)
         pair += n
     return out
 

@@ -19,15 +19,19 @@ from .attention import AttentionFn
 from .packing import PackedBatch
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # In float32, as the reference does, then back to the compute dtype.
+    """Rotary embedding with the half-split layout: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin).
+
+    cos/sin are half-width tables. Computed in float32 like the reference, written into
+    one output buffer (no rotate_half concatenation), then cast to the compute dtype.
+    """
     xf = x.float()
-    return (xf * cos + _rotate_half(xf) * sin).to(x.dtype)
+    x1, x2 = xf.chunk(2, dim=-1)
+    out = torch.empty(xf.shape, dtype=torch.float32, device=x.device)
+    o1, o2 = out.chunk(2, dim=-1)
+    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1.0)
+    torch.mul(x2, cos, out=o2).addcmul_(x1, sin)
+    return out.to(x.dtype)
 
 
 class UnpaddedModernBert(nn.Module):
@@ -42,8 +46,9 @@ class UnpaddedModernBert(nn.Module):
         self.heads = cfg.num_attention_heads
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.layer_types = list(cfg.layer_types)
-        # |i - j| <= sliding_window on local layers (transformers' bidirectional sliding mask).
-        self.windows = [cfg.sliding_window if t == "sliding_attention" else None for t in self.layer_types]
+        # |i - j| <= local_attention / 2 on local layers (transformers' bidirectional sliding mask).
+        half_window = cfg.local_attention // 2
+        self.windows = [half_window if t == "sliding_attention" else None for t in self.layer_types]
         self.cls_only_last = pooling == "cls" and self.windows[-1] is None
         self._rope: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -53,8 +58,7 @@ class UnpaddedModernBert(nn.Module):
             inv_freq = getattr(self.model.rotary_emb, f"{layer_type}_inv_freq").to(device, torch.float32)
             size = max(length, 512)
             freqs = torch.arange(size, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
-            emb = torch.cat((freqs, freqs), dim=-1)
-            cached = (emb.cos(), emb.sin())
+            cached = (freqs.cos(), freqs.sin())  # half width: the two halves of a head share angles
             self._rope[layer_type] = cached
         return cached
 
@@ -64,8 +68,8 @@ class UnpaddedModernBert(nn.Module):
         rope = {}
         for t in set(self.layer_types):
             cos, sin = self._rope_tables(t, batch.max_seqlen, x.device)
-            # [T, 1, head_dim], broadcast over heads.
-            rope[t] = (cos[batch.position_ids][:, None], sin[batch.position_ids][:, None])
+            # [T, 1, 1, head_dim / 2]: broadcast over (q, k) and heads.
+            rope[t] = (cos[batch.position_ids][:, None, None], sin[batch.position_ids][:, None, None])
         last = len(self.model.layers) - 1
         for i, layer in enumerate(self.model.layers):
             cls_only = i == last and self.cls_only_last
@@ -80,14 +84,16 @@ class UnpaddedModernBert(nn.Module):
     def _layer(self, layer, x, batch: PackedBatch, rope, window, cls_only: bool) -> torch.Tensor:
         attn = layer.attn
         qkv = attn.Wqkv(layer.attn_norm(x)).view(-1, 3, self.heads, self.head_dim)
-        q, k, v = qkv.unbind(dim=1)
         cos, sin = rope
-        k = _apply_rotary(k, cos, sin)
+        v = qkv[:, 2].contiguous()
         if cls_only:
             rows = batch.cls_index
-            q, x, cos, sin = q[rows], x[rows], cos[rows], sin[rows]
-        q = _apply_rotary(q, cos, sin)
-        a = self.attention(q, k, v.contiguous(), batch, window, cls_only)
+            k = _apply_rotary(qkv[:, 1], cos[:, 0], sin[:, 0])
+            q = _apply_rotary(qkv[rows, 0], cos[rows, 0], sin[rows, 0])
+            x = x[rows]
+        else:
+            q, k = _apply_rotary(qkv[:, :2], cos, sin).unbind(dim=1)
+        a = self.attention(q, k, v, batch, window, cls_only)
         x = x + attn.Wo(a.reshape(a.shape[0], -1))
         return x + layer.mlp(layer.mlp_norm(x))
 
