@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 
 from ettin_batch import __version__, evaluation, labels
+from ettin_batch import submit as submit_command
 from ettin_batch.config import DTYPES, ConfigError, RerankConfig
 
 EXIT_USAGE = 2  # bad config, input or output: fix the command
@@ -106,6 +107,7 @@ register("rerank", "score every (query, document) pair in Parquet shards; write 
          _add_rerank_arguments, _run_rerank)
 register("eval", evaluation.EVAL_HELP, evaluation.add_eval_arguments, evaluation.run_eval)
 register("labels", labels.LABELS_HELP, labels.add_labels_arguments, labels.run_labels)
+register("submit", submit_command.SUBMIT_HELP, submit_command.add_submit_arguments, submit_command.run_submit)
 
 
 def build_parser() -> argparse.ArgumentParser:
