@@ -13,13 +13,19 @@ import json
 import platform
 import time
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
-from sentence_transformers import CrossEncoder
 
-from ettin_batch import Reranker
-from ettin_batch.engine import resolve_model
-from workload import nq_like_pairs
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a checkout, installed or not
+
+from sentence_transformers import CrossEncoder  # noqa: E402
+
+from ettin_batch import Reranker  # noqa: E402
+from ettin_batch.engine import resolve_model  # noqa: E402
+from workload import nq_like_pairs  # noqa: E402
 
 
 def timed_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
