@@ -21,7 +21,7 @@ SECRET_KEY = "ebsecret" + secrets.token_hex(16)
 ACCESS_KEY = "AKIAETTINBATCHTEST01"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster_s3():
     """A moto S3 server for the cluster's jobs; yields (endpoint, s3fs client)."""
     import s3fs
@@ -37,9 +37,10 @@ def cluster_s3():
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster(cluster_s3):
-    """A head and one worker node, one CPU each, torn down by PID (never `ray stop`)."""
+    """A head and one worker node, one CPU each, torn down by PID (never `ray stop`) once this folder's
+    tests are done, so it does not sit beside the rest of the suite's local Ray."""
     endpoint, _ = cluster_s3
     node_env = {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
