@@ -90,7 +90,9 @@ class LocalCluster:
         whose command line names this cluster's temp dir (workers can leave their group)."""
         for proc in self.procs:
             _signal_group(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
+        # Ray's daemons stop on SIGTERM within a second or two; `ray start --block` itself does not, so it
+        # and any straggler get SIGKILL after a short grace period.
+        deadline = time.monotonic() + 3
         for proc in self.procs:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
