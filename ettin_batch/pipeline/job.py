@@ -88,7 +88,8 @@ def _ensure_ray(config: RerankConfig) -> bool:
     if address:
         ray.init(address=address)
     else:
-        ray.init()
+        # A local Ray is this job's alone: no dashboard, whose processes would take CPU from the model.
+        ray.init(include_dashboard=False)
     return True
 
 
