@@ -35,6 +35,12 @@ class OutputError(ValueError):
     """The output folder cannot be written as asked."""
 
 
+# A scoring actor that dies (node lost, preempted, killed by the OOM killer) is restarted as
+# often as it takes over a night; the batch it held is resubmitted to the new actor. A batch
+# that kills its actor this many times in a row fails the job instead of looping forever.
+ACTOR_FAULT_TOLERANCE = {"max_restarts": -1, "max_task_retries": 3}
+
+
 @dataclass
 class Resources:
     """How the scoring stage is laid out on the cluster."""
@@ -111,7 +117,7 @@ def _score(config: RerankConfig, plan: InputPlan, out: storage.Location, res: Re
         ScorePairs, batch_format="pyarrow", batch_size=config.batch_size,
         # min == max: every actor loads its model at the start, none waits to be scaled up.
         compute=ActorPoolStrategy(min_size=res.actors, max_size=res.actors),
-        num_gpus=res.gpus_per_actor or None, num_cpus=res.cpus_per_actor,
+        num_gpus=res.gpus_per_actor or None, num_cpus=res.cpus_per_actor, **ACTOR_FAULT_TOLERANCE,
         fn_constructor_kwargs=dict(model=config.model, revision=config.revision, dtype=config.dtype,
                                    max_length=config.max_length, max_tokens_per_batch=config.max_tokens_per_batch,
                                    attention=config.attention, device=res.device, threads=res.threads, stats=stats),
@@ -186,6 +192,7 @@ def rerank(config: RerankConfig) -> mf.RunResult:
     wall = time.perf_counter() - t0
     manifest = mf.build_manifest(config=config, plan=plan, model=model_info, counts=counts, tokens=totals["tokens"],
                                  wall_time_s=wall, actors=res.as_dict(), started_at=started.isoformat(),
+                                 model_pairs=totals["pairs"],
                                  finished_at=dt.datetime.now(dt.timezone.utc).isoformat())
     storage.write_json(out, out.join(mf.SUCCESS), manifest)
     return mf.RunResult(output=out.url(), manifest=manifest)

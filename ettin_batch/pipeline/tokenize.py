@@ -47,21 +47,53 @@ def _write_rejects(rejects: pa.Table, rejects_dir: str, filesystem: pafs.FileSys
     pq.write_table(rejects, f"{rejects_dir}/rejects-{digest.hexdigest()[:20]}.parquet", filesystem=filesystem)
 
 
+def _row_problem(batch: pa.Table, i: int, tokenizer) -> str | None:
+    """Why row `i` cannot be tokenized on its own, or None if it can."""
+    texts = []
+    for name in ("query", "document"):
+        try:
+            texts.append(batch.column(name)[i].as_py())
+        except UnicodeDecodeError as e:
+            return f"{name} is not valid UTF-8 ({e.reason} at byte {e.start})"
+    try:
+        tokenizer([texts[0]], [texts[1]])
+    except Exception as e:  # noqa: BLE001 - whatever the tokenizer raises is this row's reason
+        return f"tokenization failed: {type(e).__name__}: {e}"[:500]
+    return None
+
+
+def _tokenize(batch: pa.Table, tokenizer):
+    queries = batch.column("query").to_pylist()
+    documents = batch.column("document").to_pylist()
+    return tokenizer(queries, documents)
+
+
 def tokenize_batch(batch: pa.Table, *, model: str, revision: str | None, max_length: int,
                    rename: dict[str, str], rejects_dir: str, filesystem: pafs.FileSystem) -> pa.Table:
     """One Ray batch in (input column names), tokenized pairs out (canonical names, no texts).
 
-    Rows with a null id or text are written to `rejects_dir` with a `reason` column and dropped.
+    Rows with a null id or text, and rows the tokenizer cannot take (a text that is not valid
+    UTF-8, or anything else it raises on), are written to `rejects_dir` with a `reason` column
+    and dropped; the rest of the batch goes on. The batch is tokenized in one call; only when
+    that raises is it retried row by row, to find the rows at fault.
     """
     batch = batch.rename_columns([rename.get(n, n) for n in batch.column_names])
+    tokenizer = _tokenizer(model, revision, max_length)
     bad, reasons = reject_reasons(batch)
-    if bad.any():
-        rejects = batch.filter(pa.array(bad)).append_column(REJECT_REASON_COL, pa.array(reasons, pa.string()))
+    rejected = [batch.filter(pa.array(bad)).append_column(REJECT_REASON_COL, pa.array(reasons, pa.string()))]
+    batch = batch.filter(pa.array(~bad))
+    try:
+        pairs = _tokenize(batch, tokenizer)
+    except Exception:  # noqa: BLE001 - find the rows at fault; the others are scored
+        problems = [_row_problem(batch, i, tokenizer) for i in range(batch.num_rows)]
+        poisoned = np.array([p is not None for p in problems], bool)
+        rejected.append(batch.filter(pa.array(poisoned)).append_column(
+            REJECT_REASON_COL, pa.array([p for p in problems if p is not None], pa.string())))
+        batch = batch.filter(pa.array(~poisoned))
+        pairs = _tokenize(batch, tokenizer)
+    rejects = pa.concat_tables(rejected)
+    if rejects.num_rows:
         _write_rejects(rejects, rejects_dir, filesystem)
-        batch = batch.filter(pa.array(~bad))
-    queries = batch.column("query").to_pylist()
-    documents = batch.column("document").to_pylist()
-    pairs = _tokenizer(model, revision, max_length)(queries, documents)
     out = batch.drop_columns(["query", "document"])
     for name, column in pairs.to_arrow().items():
         out = out.append_column(name, column)
