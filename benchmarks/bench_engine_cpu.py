@@ -56,7 +56,7 @@ def main() -> None:
                or platform.machine(), "torch": torch.__version__}
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
-        rr = Reranker.from_pretrained(path, dtype=dtype_name, max_length=args.max_length)
+        rr = Reranker.from_pretrained(path, device="cpu", dtype=dtype_name, max_length=args.max_length)
         ce = CrossEncoder(path, device="cpu", max_length=args.max_length)
         ce.to(dtype)
         lengths = rr.tokenizer(queries, documents).lengths

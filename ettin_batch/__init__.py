@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["Reranker", "__version__"]
+__all__ = ["Reranker", "rerank", "__version__"]
 
 
 def __getattr__(name):
@@ -11,4 +11,8 @@ def __getattr__(name):
         from .engine.reranker import Reranker
 
         return Reranker
+    if name == "rerank":
+        from .pipeline import rerank
+
+        return rerank
     raise AttributeError(name)
