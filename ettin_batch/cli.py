@@ -18,6 +18,7 @@ from collections.abc import Callable
 from ettin_batch import __version__, evaluation, labels
 from ettin_batch import submit as submit_command
 from ettin_batch.config import DTYPES, ConfigError, RerankConfig
+from ettin_batch.pipeline import teacher
 
 EXIT_USAGE = 2  # bad config, input or output: fix the command
 EXIT_MODEL = 3  # the model could not be loaded (e.g. the Hub is unreachable): scripts may retry with another
@@ -108,6 +109,7 @@ register("rerank", "score every (query, document) pair in Parquet shards; write 
 register("eval", evaluation.EVAL_HELP, evaluation.add_eval_arguments, evaluation.run_eval)
 register("labels", labels.LABELS_HELP, labels.add_labels_arguments, labels.run_labels)
 register("submit", submit_command.SUBMIT_HELP, submit_command.add_submit_arguments, submit_command.run_submit)
+register("teacher", teacher.TEACHER_HELP, teacher.add_teacher_arguments, teacher.run_teacher)
 
 
 def build_parser() -> argparse.ArgumentParser:
