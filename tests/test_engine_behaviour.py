@@ -13,7 +13,7 @@ from builders import build_ettin, random_texts
 from sentence_transformers import CrossEncoder
 
 from ettin_batch import Reranker
-from ettin_batch.engine import ModelLoadError, TokenizedPairs
+from ettin_batch.engine import ModelLoadError, PairTokenizer, TokenizedPairs
 from ettin_batch.engine.packing import pack_batches
 
 QUERIES = random_texts(64, 1, 10, seed=11)
@@ -80,11 +80,17 @@ def test_score_tokens_equals_score(reranker):
 
 def test_truncated_pairs_are_counted(model):
     rr = Reranker.from_pretrained(str(model), max_length=32)
+    untruncated = PairTokenizer(rr._ce.tokenizer, 4096)(QUERIES, DOCUMENTS)
     pairs = rr.tokenizer(QUERIES, DOCUMENTS)
-    assert pairs.num_truncated == int((rr.tokenizer.__class__(rr._ce.tokenizer, 4096)(QUERIES, DOCUMENTS).lengths
-                                       > 32).sum())
+    assert pairs.num_truncated == int((untruncated.lengths > 32).sum())
     rr.score_tokens(pairs)
     assert rr.stats["truncated"] == pairs.num_truncated > 0
+
+
+def test_tokenizers_over_one_model_do_not_share_truncation(model):
+    rr = Reranker.from_pretrained(str(model), max_length=32)
+    PairTokenizer(rr._ce.tokenizer, 4096)
+    assert rr.tokenizer(QUERIES, DOCUMENTS).lengths.max() == 32
 
 
 def test_empty_strings_score_like_the_reference(model, reranker):

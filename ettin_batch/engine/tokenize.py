@@ -103,8 +103,11 @@ class PairTokenizer:
         self.max_length = int(max_length)
         self.uses_token_types = "token_type_ids" in hf_tokenizer.model_input_names
         self.pad_token_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0
-        # The Rust tokenizer, configured once; HF's __call__ does the same per call.
-        self._backend = hf_tokenizer._tokenizer
+        # A private copy of the Rust tokenizer, configured once (HF's __call__ reconfigures per call);
+        # a copy, so two PairTokenizers over one model never change each other's truncation.
+        from tokenizers import Tokenizer
+
+        self._backend = Tokenizer.from_str(hf_tokenizer._tokenizer.to_str())
         self._backend.no_padding()
         self._backend.enable_truncation(self.max_length, strategy="longest_first")
 
