@@ -34,7 +34,7 @@ from ettin_batch import storage
 from ettin_batch.config import COLUMN_FLAGS, ConfigError, RerankConfig
 from ettin_batch.pipeline import manifest as mf
 from ettin_batch.pipeline.inputs import InputError, InputPlan, inspect_inputs
-from ettin_batch.pipeline.job import OutputError, plan_resources
+from ettin_batch.pipeline.job import ACTOR_FAULT_TOLERANCE, OutputError, plan_resources
 
 log = logging.getLogger("ettin_batch.pipeline.teacher")
 
@@ -202,7 +202,8 @@ def _write_dataset(config: TeacherConfig, plan: InputPlan, out: storage.Location
     ds = ds.map_batches(
         ScorePairs, batch_format="pyarrow", batch_size=config.batch_size,
         compute=ActorPoolStrategy(min_size=res.actors, max_size=res.actors),
-        num_gpus=res.gpus_per_actor or None, num_cpus=res.cpus_per_actor,
+        # The rerank job's actor restarts and batch retries: a dead actor costs a retry, never a pair.
+        num_gpus=res.gpus_per_actor or None, num_cpus=res.cpus_per_actor, **ACTOR_FAULT_TOLERANCE,
         fn_constructor_kwargs=dict(model=config.model, revision=config.revision, dtype=config.dtype,
                                    max_length=config.max_length, max_tokens_per_batch=config.max_tokens_per_batch,
                                    attention=config.attention, device=res.device, threads=res.threads, stats=stats),
@@ -265,7 +266,7 @@ def teacher_dataset(config: TeacherConfig) -> TeacherResult:
     wall = time.perf_counter() - t0
     manifest = mf.build_manifest(config=config, plan=plan, model=model_info, counts=counts, tokens=totals["tokens"],
                                  wall_time_s=wall, actors=res.as_dict(), started_at=started.isoformat(),
-                                 finished_at=dt.datetime.now(dt.timezone.utc).isoformat())
+                                 model_pairs=totals["pairs"], finished_at=dt.datetime.now(dt.timezone.utc).isoformat())
     manifest.pop("top_k", None)
     files = sorted(p for p in out.fs.find(data_dir) if p.endswith(".parquet"))
     manifest = {"kind": "teacher", **manifest,

@@ -197,3 +197,20 @@ def test_duplicate_pairs_with_rows_refused_by_the_tokenizer_stop_the_job_rather_
     with pytest.raises(RuntimeError, match="same \\(query_id, doc_id\\) twice"):
         texts_of(scorable, scorable.take([1, 2, 3, 4]))
     assert texts_of(scorable, scorable) is scorable  # nothing refused: duplicates are no problem
+
+
+def test_a_row_the_tokenizer_refuses_is_rejected_and_the_other_rows_keep_their_own_texts(tmp_path):
+    import pyarrow.fs as pafs
+
+    from ettin_batch.pipeline.teacher import tokenize_keeping_text
+
+    from .faults import invalid_utf8_strings
+
+    docs = [b"water", b"caf\xe9 au lait", b"a river at night"]  # the middle one is Latin-1 in a UTF-8 column
+    batch = pa.table({"query_id": ["q", "q", "q"], "query": ["rivers"] * 3, "doc_id": ["a", "b", "c"],
+                      "document": invalid_utf8_strings(docs)})
+    out = tokenize_keeping_text(batch, model=TINY, revision=None, max_length=64, rename={},
+                                rejects_dir=str(tmp_path), filesystem=pafs.LocalFileSystem())
+    assert out["doc_id"].to_pylist() == ["a", "c"]
+    assert out["_teacher_document"].to_pylist() == ["water", "a river at night"]
+    assert pq.read_table(tmp_path)["doc_id"].to_pylist() == ["b"]
