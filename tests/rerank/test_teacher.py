@@ -96,14 +96,28 @@ def test_every_file_but_one_holds_exactly_rows_per_file_rows(run):
     assert run["manifest"]["dataset"]["files"] == len(sizes)
 
 
-def test_datasets_load_dataset_reads_it_with_the_right_features(run):
+FEATURES = {"query": "string", "document": "string", "label": "float32", "query_id": "string", "doc_id": "string"}
+
+
+def test_datasets_load_dataset_reads_it_with_the_right_features(run, tmp_path):
     import datasets
 
-    ds = datasets.load_dataset("parquet", data_files=[str(p) for p in run["files"]], split="train")
+    ds = datasets.load_dataset("parquet", data_files=[str(p) for p in run["files"]], split="train",
+                               cache_dir=str(tmp_path))
     assert ds.num_rows == run["valid"].num_rows
-    assert ds.features == datasets.Features({
-        "query": datasets.Value("string"), "document": datasets.Value("string"),
-        "label": datasets.Value("float32"), "query_id": datasets.Value("string"), "doc_id": datasets.Value("string")})
+    assert ds.features == datasets.Features({k: datasets.Value(v) for k, v in FEATURES.items()})
+
+
+def test_datasets_load_dataset_reads_it_straight_from_s3(run, s3_endpoint, tmp_path, monkeypatch):
+    import datasets
+
+    # The suite runs with HF_HUB_OFFLINE=1 (no Hub here), which datasets also applies to s3:// URLs.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    ds = datasets.load_dataset("parquet", data_files="s3://teacher-out/distill/run-1/data/*.parquet", split="train",
+                               cache_dir=str(tmp_path), storage_options={
+                                   "key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_endpoint}})
+    assert ds.num_rows == run["valid"].num_rows
+    assert sorted(ds["label"]) == pytest.approx(sorted(run["data"]["label"].to_pylist()))
 
 
 def test_success_json_names_the_teacher_model_and_revision_and_counts_add_up(run):
