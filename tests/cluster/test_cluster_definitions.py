@@ -10,6 +10,7 @@ import ray
 import yaml
 
 from ettin_batch.cli import build_parser, rerank_config
+from ettin_batch.pipeline.teacher import TeacherConfig, teacher_config
 
 REPO = Path(__file__).resolve().parents[2]
 CREDENTIAL_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
@@ -76,11 +77,12 @@ def test_every_example_job_config_loads_and_validates():
     configs = sorted((REPO / "jobs" / "configs").glob("*.yaml"))
     assert {p.stem for p in configs} >= {"nightly", "backfill", "teacher"}
     for path in configs:
-        args = build_parser().parse_args(["rerank", "--config", str(path)])
-        config = rerank_config(args)
+        command = "teacher" if path.stem == "teacher" else "rerank"
+        args = build_parser().parse_args([command, "--config", str(path)])
+        config = teacher_config(args) if command == "teacher" else rerank_config(args)
         assert config.input and config.output and "{date}" not in config.output, path.name
 
 
-def test_the_teacher_config_says_it_runs_the_rerank_job():
-    text = (REPO / "jobs" / "configs" / "teacher.yaml").read_text()
-    assert "no `teacher` subcommand yet" in text
+def test_the_teacher_config_loads_as_a_teacher_config():
+    config = TeacherConfig.from_file(REPO / "jobs" / "configs" / "teacher.yaml")
+    assert config.rows_per_file == 100000 and config.model.endswith("ettin-reranker-1b-v1")
