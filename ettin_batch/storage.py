@@ -19,6 +19,23 @@ import pyarrow.fs as pafs
 
 _GLOB_CHARS = set("*?[")
 
+# Object-store calls retry with botocore's "standard" policy: connection errors, timeouts,
+# throttling and 5xx answers are retried with jittered exponential backoff (wait n is
+# rand(0, 1) * min(2 ** (n - 1), 20) s), so the default 12 attempts wait up to 151 s in all,
+# about 75 s on average, per call. botocore also keeps a per-client retry quota (100 retries,
+# refilled by successes). ETTIN_BATCH_S3_MAX_ATTEMPTS changes the attempts (1 = no retry);
+# past the last one the call fails, and so does the run (no _SUCCESS.json).
+S3_MAX_ATTEMPTS_ENV = "ETTIN_BATCH_S3_MAX_ATTEMPTS"
+DEFAULT_S3_MAX_ATTEMPTS = 12
+
+
+def s3_max_attempts() -> int:
+    value = os.environ.get(S3_MAX_ATTEMPTS_ENV, "")
+    try:
+        return max(1, int(value)) if value else DEFAULT_S3_MAX_ATTEMPTS
+    except ValueError:
+        raise ValueError(f"{S3_MAX_ATTEMPTS_ENV}={value!r} is not a whole number of attempts") from None
+
 
 @dataclass
 class Location:
@@ -52,7 +69,9 @@ def _s3_filesystem() -> fsspec.AbstractFileSystem:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     client_kwargs = {"region_name": region} if region else {}
-    return s3fs.S3FileSystem(endpoint_url=endpoint or None, client_kwargs=client_kwargs)
+    retries = {"max_attempts": s3_max_attempts(), "mode": "standard"}
+    return s3fs.S3FileSystem(endpoint_url=endpoint or None, client_kwargs=client_kwargs,
+                             config_kwargs={"retries": retries})
 
 
 def resolve(uri: str) -> Location:
@@ -109,6 +128,8 @@ def _hidden(path: str, root: str) -> bool:
 
 
 def write_json(loc: Location, path: str, data: dict) -> None:
+    if loc.scheme == "file":  # object stores have no folders to make
+        loc.fs.makedirs(posixpath.dirname(path), exist_ok=True)
     with loc.fs.open(path, "w") as f:
         f.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
 

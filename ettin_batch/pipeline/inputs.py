@@ -34,6 +34,7 @@ class InputPlan:
     passthrough: list[str]
     rename: dict[str, str]  # input name -> canonical name
     num_rows: int
+    file_rows: list[int]  # rows in each of `files`
     schema: pa.Schema  # of the projected columns, input names
 
 
@@ -98,5 +99,6 @@ def inspect_inputs(config: RerankConfig) -> InputPlan:
         passthrough=passthrough,
         rename=dict(zip(required, CANONICAL)),
         num_rows=sum(n for _, n in footers),
+        file_rows=[n for _, n in footers],
         schema=pa.schema([first_schema.field(n) for n in wanted]),
     )

@@ -1,10 +1,13 @@
 """The Ray Data plan of one rerank run.
 
-    check inputs and model (driver, before any work)
-    read_parquet (projected columns)
-      -> tokenize_batch    CPU tasks; null rows go to rejects/
-      -> ScorePairs        actor pool, one model per GPU (or CPU), all started together
-      -> write_parquet     scores/
+    check inputs and model (driver, before any work); resume or replace an unfinished output
+    for each group of input files not finished by an earlier run (see shard_groups):
+      read_parquet (projected columns)
+        -> tokenize_batch    CPU tasks; null and untokenizable rows go to rejects/<group>/
+        -> ScorePairs        actor pool, one model per GPU (or CPU), all started together;
+                             a dead actor is restarted and its batches retried
+        -> write_parquet     scores/<group>/
+      -> _done/<group>.json
     read scores/ (ids + score) -> partial_topk per block -> groupby(query_id) -> final_topk -> topk/
     count rows in the written files -> _SUCCESS.json (last)
 
@@ -33,6 +36,34 @@ log = logging.getLogger("ettin_batch.pipeline")
 
 class OutputError(ValueError):
     """The output folder cannot be written as asked."""
+
+
+class RunFailed(RuntimeError):
+    """The run stopped part-way; its output folder has no _SUCCESS.json. The message names the cause."""
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    # Ray wraps a task's exception (RayTaskError.cause); chained exceptions keep theirs in __cause__.
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = getattr(error, "cause", None) or error.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        error = inner
+    return error
+
+
+def _failure_message(error: BaseException, out: storage.Location) -> str:
+    root = _root_cause(error)
+    text = str(root).strip().splitlines()[-1] if str(root).strip() else ""
+    message = (f"the run did not finish: {type(root).__name__}: {text}. {mf.SUCCESS} was not written, "
+               f"so {out.url()} holds an incomplete run.")
+    transient = isinstance(root, OSError) and not isinstance(root, (FileNotFoundError, PermissionError))
+    if out.scheme == "s3" and transient:
+        message += (f" The object store kept failing after {storage.s3_max_attempts()} attempts per call "
+                    f"({storage.S3_MAX_ATTEMPTS_ENV} sets how many); once it is back, run the same command again.")
+    return message
 
 
 # A scoring actor that dies (node lost, preempted, killed by the OOM killer) is restarted as
@@ -72,16 +103,80 @@ def plan_resources(config: RerankConfig, cluster: dict) -> Resources:
     return Resources(actors, 0.0, per_actor, 0.25, "cpu", threads)
 
 
-def _prepare_output(config: RerankConfig) -> storage.Location:
+# Resume. The inputs are cut into groups of whole files, scored one group after another; each
+# group's files go to scores/<group>/ and rejects/<group>/, and _done/<group>.json is written
+# once they are all there. `_run.json`, written first, holds the run's fingerprint (model,
+# settings that change scores, input files and their row counts). The same command run again on
+# an unfinished folder with the same fingerprint skips the groups with a marker and deletes the
+# unmarked groups' partial files before scoring them again; any other unfinished folder is
+# replaced. A resumed run therefore redoes at most the groups that were in flight.
+RUN_RECORD = "_run.json"
+DONE_DIR = "_done"
+GROUP_ROWS_ENV = "ETTIN_BATCH_GROUP_ROWS"
+DEFAULT_GROUP_ROWS = 1_000_000  # each group restarts the actor pool (model load), so not too small
+MAX_GROUPS = 16  # a bigger input gets bigger groups: a resume redoes at most ~1/16 of the work
+
+
+@dataclass
+class Group:
+    key: str
+    files: list[str]
+    rows: int
+
+
+def shard_groups(plan: InputPlan) -> list[Group]:
+    """Consecutive whole files, about max(ETTIN_BATCH_GROUP_ROWS, rows / 16) rows each."""
+    import hashlib
+    import math
+
+    floor = int(os.environ.get(GROUP_ROWS_ENV) or DEFAULT_GROUP_ROWS)
+    target = max(1, floor, math.ceil(plan.num_rows / MAX_GROUPS))
+    groups: list[Group] = []
+    files: list[str] = []
+    rows = 0
+    for path, n in zip(plan.files, plan.file_rows):
+        files.append(path)
+        rows += n
+        if rows >= target:
+            groups.append(Group("", files, rows))
+            files, rows = [], 0
+    if files or not groups:
+        groups.append(Group("", files, rows))
+    for i, g in enumerate(groups):
+        g.key = f"g{i:04d}-" + hashlib.sha1("\n".join(g.files).encode()).hexdigest()[:12]
+    return groups
+
+
+def run_fingerprint(config: RerankConfig, plan: InputPlan, resolved) -> dict:
+    """What must match for an unfinished output to be resumed rather than replaced."""
+    return {"model": resolved.model_id, "revision": resolved.revision, "dtype": config.dtype,
+            "max_length": config.max_length, "attention": config.attention,
+            "columns": config.columns.required(), "passthrough": plan.passthrough,
+            "files": [[plan.location.url(p), n] for p, n in zip(plan.files, plan.file_rows)]}
+
+
+def _prepare_output(config: RerankConfig, fingerprint: dict) -> tuple[storage.Location, set[str]]:
+    """Refuse a finished run (unless --overwrite); resume an unfinished one with the same
+    fingerprint (returns its finished groups); replace anything else."""
     out = storage.resolve(config.output)
     success = out.join(mf.SUCCESS)
-    if out.fs.exists(success) and not config.overwrite:
+    finished = out.fs.exists(success)
+    if finished and not config.overwrite:
         raise OutputError(f"{out.url(success)} exists: that run finished. Pass --overwrite to replace it, "
                           "or choose another --output.")
-    # Anything else there is an unfinished run: Ray names files uniquely, so old parts would mix in.
-    for sub in ("scores", "topk", "rejects", mf.SUCCESS):
+    record = out.join(RUN_RECORD)
+    if not finished and out.fs.exists(record) and storage.read_json(out, record).get("fingerprint") == fingerprint:
+        done_dir = out.join(DONE_DIR)
+        done = {p.rsplit("/", 1)[-1].removesuffix(".json") for p in out.fs.find(done_dir)} \
+            if out.fs.exists(done_dir) else set()
+        storage.remove_tree(out, out.join("topk"))  # rebuilt from all of scores/
+        log.info("resuming %s: %d group(s) already done", out.url(), len(done))
+        return out, done
+    # Anything else there is another run's output: Ray names files uniquely, so old parts would mix in.
+    for sub in ("scores", "topk", "rejects", DONE_DIR, RUN_RECORD, mf.SUCCESS):
         storage.remove_tree(out, out.join(sub))
-    return out
+    storage.write_json(out, record, {"fingerprint": fingerprint})
+    return out, set()
 
 
 def _ensure_ray(config: RerankConfig) -> bool:
@@ -99,19 +194,20 @@ def _ensure_ray(config: RerankConfig) -> bool:
     return True
 
 
-def _score(config: RerankConfig, plan: InputPlan, out: storage.Location, res: Resources, stats) -> None:
+def _score(config: RerankConfig, plan: InputPlan, group: Group, out: storage.Location, res: Resources,
+           stats) -> None:
     import ray
     from ray.data import ActorPoolStrategy
 
     from ettin_batch.pipeline.score import ScorePairs
     from ettin_batch.pipeline.tokenize import tokenize_batch
 
-    ds = ray.data.read_parquet(plan.files, filesystem=plan.location.pa_fs, columns=plan.read_columns,
+    ds = ray.data.read_parquet(group.files, filesystem=plan.location.pa_fs, columns=plan.read_columns,
                                num_cpus=res.cpus_per_task)
     ds = ds.map_batches(
         tokenize_batch, batch_format="pyarrow", batch_size=config.batch_size, num_cpus=res.cpus_per_task,
         fn_kwargs=dict(model=config.model, revision=config.revision, max_length=config.max_length,
-                       rename=plan.rename, rejects_dir=out.join("rejects"), filesystem=out.pa_fs),
+                       rename=plan.rename, rejects_dir=out.join("rejects", group.key), filesystem=out.pa_fs),
     )
     ds = ds.map_batches(
         ScorePairs, batch_format="pyarrow", batch_size=config.batch_size,
@@ -122,7 +218,8 @@ def _score(config: RerankConfig, plan: InputPlan, out: storage.Location, res: Re
                                    max_length=config.max_length, max_tokens_per_batch=config.max_tokens_per_batch,
                                    attention=config.attention, device=res.device, threads=res.threads, stats=stats),
     )
-    ds.write_parquet(out.join("scores"), filesystem=out.pa_fs, ray_remote_args={"num_cpus": res.cpus_per_task})
+    ds.write_parquet(out.join("scores", group.key), filesystem=out.pa_fs,
+                     ray_remote_args={"num_cpus": res.cpus_per_task})
 
 
 def _topk(config: RerankConfig, plan: InputPlan, out: storage.Location, scored: int) -> None:
@@ -160,7 +257,8 @@ def rerank(config: RerankConfig) -> mf.RunResult:
     started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     plan = inspect_inputs(config)
     resolved = resolve_model(config.model, config.revision)
-    out = _prepare_output(config)
+    out, done = _prepare_output(config, run_fingerprint(config, plan, resolved))
+    groups = shard_groups(plan)
 
     import ray
     from ray.data import DataContext
@@ -173,9 +271,20 @@ def rerank(config: RerankConfig) -> mf.RunResult:
         res = plan_resources(config, ray.cluster_resources())
         log.info("scoring on %s", res)
         stats = RunStats.remote()
-        _score(config, plan, out, res, stats)
-        scored = mf.count_rows(out, out.join("scores"))
-        _topk(config, plan, out, scored)
+        try:
+            for group in groups:
+                if group.key in done:
+                    continue
+                for sub in ("scores", "rejects"):  # an unfinished group's partial files
+                    storage.remove_tree(out, out.join(sub, group.key))
+                if group.files:
+                    _score(config, plan, group, out, res, stats)
+                storage.write_json(out, out.join(DONE_DIR, f"{group.key}.json"),
+                                   {"files": [out.url(f) for f in group.files], "rows": group.rows})
+            scored = mf.count_rows(out, out.join("scores"))
+            _topk(config, plan, out, scored)
+        except Exception as e:  # noqa: BLE001 - one clear message; the original stays chained
+            raise RunFailed(_failure_message(e, out)) from e
         totals = ray.get(stats.totals.remote())
     finally:
         if started_ray:
@@ -193,6 +302,8 @@ def rerank(config: RerankConfig) -> mf.RunResult:
     manifest = mf.build_manifest(config=config, plan=plan, model=model_info, counts=counts, tokens=totals["tokens"],
                                  wall_time_s=wall, actors=res.as_dict(), started_at=started.isoformat(),
                                  model_pairs=totals["pairs"],
+                                 resume={"groups": len(groups), "groups_skipped": len(done & {g.key for g in groups}),
+                                         "pairs_skipped": sum(g.rows for g in groups if g.key in done)},
                                  finished_at=dt.datetime.now(dt.timezone.utc).isoformat())
     storage.write_json(out, out.join(mf.SUCCESS), manifest)
     return mf.RunResult(output=out.url(), manifest=manifest)

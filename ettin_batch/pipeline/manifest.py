@@ -54,7 +54,8 @@ class RunResult:
 
 
 def build_manifest(*, config, plan, model: dict, counts: dict, tokens: int, wall_time_s: float,
-                   actors: dict, started_at: str, finished_at: str, model_pairs: int | None = None) -> dict:
+                   actors: dict, started_at: str, finished_at: str, model_pairs: int | None = None,
+                   resume: dict | None = None) -> dict:
     import ray
 
     return {
@@ -68,6 +69,8 @@ def build_manifest(*, config, plan, model: dict, counts: dict, tokens: int, wall
         # Pairs the model ran on, retries included: above counts.scored means work was redone
         # (a batch whose actor died after scoring it, or a retried task).
         "model_pairs": model_pairs,
+        # Groups of input files (see job.shard_groups) found finished by an earlier, interrupted run.
+        "resume": resume,
         "wall_time_s": round(wall_time_s, 3),
         "pairs_per_s": round(counts["scored"] / wall_time_s, 1) if wall_time_s > 0 else None,
         "tokens_per_s": round(tokens / wall_time_s, 1) if wall_time_s > 0 else None,

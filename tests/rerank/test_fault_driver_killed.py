@@ -1,0 +1,97 @@
+"""The driver is killed (SIGKILL) mid-job: the same command run again resumes, scoring only the
+groups of input files that had not finished, and the output equals an uninterrupted run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ettin_batch.cli import main
+from ettin_batch.config import RerankConfig
+from ettin_batch.pipeline import rerank
+
+from .conftest import TINY
+from .faults import accounting, make_shards, record, write_local
+
+GROUP_ROWS = "200"  # one input file per group, so six groups
+
+
+def _by_pair(table: pa.Table) -> dict:
+    return dict(zip(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist()), table["score"].to_pylist()))
+
+
+def test_a_killed_driver_resumes_where_it_stopped_and_ends_equal_to_an_uninterrupted_run(
+        tmp_path, ray_session, monkeypatch):
+    import ray
+
+    monkeypatch.setenv("ETTIN_BATCH_GROUP_ROWS", GROUP_ROWS)
+    shards = make_shards(files=6, pairs_per_file=200, seed=5)
+    write_local(shards, tmp_path / "in")
+    reference = rerank(RerankConfig(input=[str(tmp_path / "in")], output=str(tmp_path / "reference"), model=TINY,
+                                    batch_size=50, progress=False))
+
+    out = tmp_path / "out"
+    argv = ["rerank", "--input", str(tmp_path / "in"), "--output", str(out), "--model", TINY,
+            "--batch-size", "50", "--no-progress"]
+    # The first attempt is its own driver process on the same Ray cluster, so it can be killed.
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    driver = subprocess.Popen([sys.executable, "-m", "ettin_batch.cli", *argv], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 400
+    while driver.poll() is None and time.monotonic() < deadline:
+        if len(list((out / "_done").glob("*.json"))) >= 2:
+            driver.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    driver.wait(timeout=60)
+    stderr = driver.stderr.read().decode(errors="replace")[-2000:]
+    assert driver.returncode == -signal.SIGKILL, f"the driver was not killed mid-job: {driver.returncode} {stderr}"
+    done_at_kill = sorted(p.stem for p in (out / "_done").glob("*.json"))
+    assert not (out / "_SUCCESS.json").exists() and len(done_at_kill) < 6
+    partial_rows = sum(pq.read_metadata(f).num_rows for f in (out / "scores").rglob("*.parquet")
+                       if f.parent.name not in done_at_kill)
+
+    assert main(argv) == 0  # the same command again
+    manifest = json.loads((out / "_SUCCESS.json").read_text())
+    resume = manifest["resume"]
+    assert resume["groups"] == 6 and resume["groups_skipped"] == len(done_at_kill)
+    assert resume["pairs_skipped"] == 200 * len(done_at_kill)
+    assert manifest["model_pairs"] == 1200 - resume["pairs_skipped"]  # nothing finished was scored again
+
+    scores, expected = pq.read_table(out / "scores"), pq.read_table(tmp_path / "reference" / "scores")
+    figures = accounting(pa.concat_tables(shards), scores)
+    record("test_a_killed_driver_resumes_where_it_stopped_and_ends_equal_to_an_uninterrupted_run",
+           {"fault": "driver SIGKILLed after 2 of 6 file groups finished, same command rerun", **figures,
+            "groups_done_at_kill": len(done_at_kill), "pairs_skipped_on_resume": resume["pairs_skipped"],
+            "pairs_scored_on_resume": manifest["model_pairs"],
+            "partial_rows_discarded": partial_rows})
+    assert figures == {"in": 1200, "out": 1200, "duplicates": 0, "lost": 0, "unknown": 0}
+    got, want = _by_pair(scores), _by_pair(expected)
+    assert got.keys() == want.keys()
+    assert max(abs(got[k] - want[k]) for k in want) < 1e-5
+    topk = pq.read_table(out / "topk").sort_by([("query_id", "ascending"), ("rank", "ascending")])
+    ref_topk = pq.read_table(tmp_path / "reference" / "topk").sort_by([("query_id", "ascending"), ("rank", "ascending")])
+    assert topk.select(["query_id", "rank", "doc_id"]).to_pylist() == ref_topk.select(["query_id", "rank", "doc_id"]).to_pylist()
+    assert reference.counts["scored"] == 1200
+
+
+def test_an_unfinished_run_with_other_settings_is_replaced_not_mixed(tmp_path, ray_session, monkeypatch):
+    monkeypatch.setenv("ETTIN_BATCH_GROUP_ROWS", GROUP_ROWS)
+    write_local(make_shards(files=2, pairs_per_file=20, seed=6), tmp_path / "in")
+    out = tmp_path / "out"
+    stale = out / "scores" / "g0000-stale"
+    stale.mkdir(parents=True)
+    pq.write_table(pa.table({"query_id": ["old"], "doc_id": ["old"], "score": pa.array([1.0], pa.float32())}),
+                   stale / "part.parquet")
+    (out / "_run.json").write_text(json.dumps({"fingerprint": {"model": "some-other-model"}}))
+    result = rerank(RerankConfig(input=[str(tmp_path / "in")], output=str(out), model=TINY, progress=False))
+    assert result.manifest["resume"]["groups_skipped"] == 0
+    assert "old" not in pq.read_table(out / "scores")["query_id"].to_pylist()
+    assert result.counts["scored"] == 40

@@ -1,0 +1,64 @@
+"""The object store answers 503 for a while (S3 and MinIO do under load): reads and writes retry
+with backoff and the run completes; when it stays down past the retry limit the run fails with
+a clear error and writes no _SUCCESS.json."""
+
+from __future__ import annotations
+
+import uuid
+
+import pyarrow as pa
+import pytest
+import s3fs
+
+from ettin_batch.config import RerankConfig
+from ettin_batch.pipeline import rerank
+from ettin_batch.pipeline.job import RunFailed
+
+from .conftest import TINY, read_parquet_folder, upload_parquet
+from .faults import accounting, make_shards, record
+from .flaky_s3 import FlakyS3Proxy
+
+SCORES_WRITE = ("PUT", r"/scores/")
+
+
+@pytest.fixture
+def store(s3, s3_endpoint):
+    """The session's moto server holds the data; each test puts its own flaky proxy in front."""
+    bucket = f"ettin-flaky-{uuid.uuid4().hex[:8]}"
+    s3.mkdir(bucket)
+    shards = make_shards(files=4, pairs_per_file=150, seed=3)
+    for i, table in enumerate(shards):
+        upload_parquet(s3, table, f"{bucket}/in/part-{i}.parquet")
+    return {"bucket": bucket, "inputs": pa.concat_tables(shards), "upstream": s3_endpoint}
+
+
+def _run(store, proxy, monkeypatch, run: str):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    s3fs.S3FileSystem.clear_instance_cache()
+    return rerank(RerankConfig(input=[f"s3://{store['bucket']}/in/"], output=f"s3://{store['bucket']}/{run}/",
+                               model=TINY, batch_size=50, progress=False))
+
+
+def test_a_store_that_answers_503_for_eight_seconds_mid_write_costs_nothing(store, s3, monkeypatch, ray_session):
+    with FlakyS3Proxy(store["upstream"], trigger=SCORES_WRITE, seconds=8) as proxy:
+        result = _run(store, proxy, monkeypatch, "run-flaky")
+    assert proxy.refused["PUT"] > 0  # the outage hit the writes of scores/
+    assert s3.exists(f"{store['bucket']}/run-flaky/_SUCCESS.json")
+    scores = read_parquet_folder(s3, f"{store['bucket']}/run-flaky/scores")
+    figures = accounting(store["inputs"], scores)
+    record("test_a_store_that_answers_503_for_eight_seconds_mid_write_costs_nothing",
+           {"fault": "S3 answers 503 for 8 s from the first scores/ write", **figures,
+            "requests_refused": dict(proxy.refused), "model_pairs": result.manifest["model_pairs"]})
+    assert figures == {"in": 600, "out": 600, "duplicates": 0, "lost": 0, "unknown": 0}
+
+
+def test_a_store_down_past_the_retry_limit_fails_clearly_without_success(store, s3, monkeypatch, ray_session):
+    monkeypatch.setenv("ETTIN_BATCH_S3_MAX_ATTEMPTS", "2")
+    with FlakyS3Proxy(store["upstream"], trigger=SCORES_WRITE, seconds=None) as proxy:
+        with pytest.raises(RunFailed) as err:
+            _run(store, proxy, monkeypatch, "run-down")
+    message = str(err.value)
+    assert "_SUCCESS.json was not written" in message and "after 2 attempts per call" in message
+    assert "ETTIN_BATCH_S3_MAX_ATTEMPTS" in message
+    assert proxy.refused["PUT"] >= 2
+    assert not s3.exists(f"{store['bucket']}/run-down/_SUCCESS.json")
