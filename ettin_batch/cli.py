@@ -22,6 +22,7 @@ from ettin_batch.pipeline import teacher
 
 EXIT_USAGE = 2  # bad config, input or output: fix the command
 EXIT_MODEL = 3  # the model could not be loaded (e.g. the Hub is unreachable): scripts may retry with another
+EXIT_FAILED = 4  # the run stopped part-way (e.g. the object store stayed down): rerun the same command to resume
 
 # name -> (add the subcommand's arguments to its parser, run it and return an exit code)
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
@@ -88,11 +89,14 @@ def _run_rerank(args: argparse.Namespace) -> int:
     from ettin_batch.engine import ModelLoadError
     from ettin_batch.pipeline import rerank
     from ettin_batch.pipeline.inputs import InputError
-    from ettin_batch.pipeline.job import OutputError
+    from ettin_batch.pipeline.job import OutputError, RunFailed
 
     try:
         config = rerank_config(args)
         result = rerank(config)
+    except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except ModelLoadError as e:
         # The engine's message already says how to pass a local folder or a random: model.
         print(f"error: {e}", file=sys.stderr)

@@ -314,11 +314,15 @@ def teacher_config(args: argparse.Namespace) -> TeacherConfig:
 
 
 def run_teacher(args: argparse.Namespace) -> int:
-    from ettin_batch.cli import EXIT_MODEL, EXIT_USAGE
+    from ettin_batch.cli import EXIT_FAILED, EXIT_MODEL, EXIT_USAGE
     from ettin_batch.engine import ModelLoadError
+    from ettin_batch.pipeline.job import RunFailed
 
     try:
         result = teacher_dataset(teacher_config(args))
+    except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except ModelLoadError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_MODEL
