@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from ettin_batch import storage
 from ettin_batch.config import COLUMN_FLAGS, ConfigError, RerankConfig
 from ettin_batch.pipeline import manifest as mf
 from ettin_batch.pipeline.inputs import InputError, InputPlan, inspect_inputs
-from ettin_batch.pipeline.job import ACTOR_FAULT_TOLERANCE, OutputError, plan_resources
+from ettin_batch.pipeline.job import ACTOR_FAULT_TOLERANCE, OutputError, _ensure_ray, plan_resources
 
 log = logging.getLogger("ettin_batch.pipeline.teacher")
 
@@ -170,20 +169,6 @@ def _prepare_output(config: TeacherConfig) -> storage.Location:
     for sub in (DATA, REJECTS, mf.SUCCESS):
         storage.remove_tree(out, out.join(sub))
     return out
-
-
-def _ensure_ray(config: TeacherConfig) -> bool:
-    """Connect to the configured cluster or start a local Ray (no dashboard); True if this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = config.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(include_dashboard=False)
-    return True
 
 
 def _write_dataset(config: TeacherConfig, plan: InputPlan, out: storage.Location, res, stats) -> None:
