@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .attention import choose_backend, get_backend
+from .faults import FaultHooks
 from .loading import ModelLoadError, ResolvedModel, load_cross_encoder, plan_model, resolve_model
 from .modernbert import UnpaddedModernBert
 from .packing import PackedBatch, pack_batches
@@ -85,6 +86,8 @@ class Reranker:
             raise ModelLoadError(f"{resolved.model_id} has {num_labels} output labels; ettin-batch scores "
                                  "single-logit rerankers")
         self.stats = {"pairs": 0, "tokens": 0, "truncated": 0, "batches": 0, "oom_splits": 0, "seconds": 0.0}
+        # Fault-injection hooks for tests (ettin_batch.engine.faults); None in real runs.
+        self.faults: FaultHooks | None = None
 
     @classmethod
     def from_pretrained(cls, model: str, *, revision: str | None = None, device: str = "auto", dtype: str = "auto",
@@ -155,6 +158,8 @@ class Reranker:
             return self._run_with_split(pairs, index[:half]) + self._run_with_split(pairs, index[half:])
 
     def _forward(self, batch_pairs: TokenizedPairs) -> torch.Tensor:
+        if self.faults is not None:
+            self.faults.before_forward(self.stats["pairs"], batch_pairs)
         if self._encoder is None:
             return self._forward_padded(batch_pairs)
         packed = PackedBatch.from_pairs(batch_pairs, self.device)

@@ -15,6 +15,9 @@ import ray
 from ettin_batch.engine.tokenize import IDS_COL, SPLIT_COL, TRUNC_COL
 
 TOKEN_COLS = (IDS_COL, SPLIT_COL, TRUNC_COL)
+# Key of the Ray Data context config holding an engine.faults.FaultHooks: tests set it on the
+# driver (DataContext.get_current().set_config) and Ray Data carries it to every scoring actor.
+FAULTS_KEY = "ettin_batch.fault_hooks"
 
 
 @ray.remote(num_cpus=0)
@@ -65,6 +68,9 @@ class ScorePairs:
         self.reranker = Reranker.from_pretrained(model, revision=revision, device=device, dtype=dtype,
                                                  max_length=max_length, max_tokens_per_batch=max_tokens_per_batch,
                                                  attention=attention)
+        from ray.data import DataContext
+
+        self.reranker.faults = DataContext.get_current().get_config(FAULTS_KEY)
         self.stats = stats
         self.stats.set_info.remote(self.reranker.info)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 import numpy as np
@@ -61,3 +62,19 @@ def invalid_utf8_strings(values: list[bytes]) -> pa.Array:
     offsets = np.cumsum([0] + [len(v) for v in values]).astype(np.int32)
     return pa.Array.from_buffers(pa.string(), len(values),
                                  [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(values))])
+
+
+@contextlib.contextmanager
+def injected(hooks):
+    """Scoring actors of the jobs run inside this block get these engine fault hooks
+    (ettin_batch.engine.faults.FaultHooks), through the Ray Data context Ray Data hands them."""
+    from ray.data import DataContext
+
+    from ettin_batch.pipeline.score import FAULTS_KEY
+
+    context = DataContext.get_current()
+    context.set_config(FAULTS_KEY, hooks)
+    try:
+        yield hooks
+    finally:
+        context.remove_config(FAULTS_KEY)

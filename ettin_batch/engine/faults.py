@@ -1,0 +1,52 @@
+"""Fault-injection hooks: make the engine fail on purpose, so tests can check how the job copes.
+
+Off unless set: a Reranker's `faults` is None, which costs one check per forward pass. Each
+hook imitates a fault that a real run meets and must survive:
+
+    oom_above_tokens   a forward pass over more tokens than this raises torch.OutOfMemoryError,
+                       as a device without room for the batch does (the engine halves the batch
+                       and retries: Reranker._run_with_split).
+    pause_after_pairs  once this engine has scored at least this many pairs (whole score_tokens
+    pause_marker       calls), the next forward pass writes the process id to `pause_marker` and
+    pause_seconds      stops there for `pause_seconds`; only if the marker does not exist yet, so
+                       it happens once per marker. A test waits for the marker and kills the
+                       process: a kill at a known point, mid-batch, with batches still queued.
+
+Set them on an engine with `reranker.faults = FaultHooks(...)`. In a Ray job the scoring
+actors take them from the driver's Ray Data context (see ettin_batch.pipeline.score.FAULTS_KEY),
+which Ray Data hands to every worker of the datasets it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .tokenize import TokenizedPairs
+
+
+@dataclass(frozen=True)
+class FaultHooks:
+    """Faults to inject into every forward pass of one engine (see the module docstring)."""
+
+    oom_above_tokens: int | None = None
+    pause_after_pairs: int | None = None
+    pause_marker: str | None = None
+    pause_seconds: float = 300.0
+
+    def before_forward(self, pairs_scored: int, batch: TokenizedPairs) -> None:
+        """Called at the start of each forward pass; `pairs_scored` counts the engine's finished pairs."""
+        tokens = int(batch.offsets[-1])
+        if self.oom_above_tokens is not None and tokens > self.oom_above_tokens:
+            raise torch.OutOfMemoryError(f"fault injection: a forward pass over {tokens} tokens "
+                                         f"(more than oom_above_tokens={self.oom_above_tokens})")
+        if self.pause_after_pairs is not None and pairs_scored >= self.pause_after_pairs and self.pause_marker:
+            try:
+                with open(self.pause_marker, "x") as f:  # "x": one pause per marker, even across restarts
+                    f.write(str(os.getpid()))
+            except FileExistsError:
+                return
+            time.sleep(self.pause_seconds)
