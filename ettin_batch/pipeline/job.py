@@ -301,7 +301,7 @@ def rerank(config: RerankConfig) -> mf.RunResult:
     wall = time.perf_counter() - t0
     manifest = mf.build_manifest(config=config, plan=plan, model=model_info, counts=counts, tokens=totals["tokens"],
                                  wall_time_s=wall, actors=res.as_dict(), started_at=started.isoformat(),
-                                 model_pairs=totals["pairs"],
+                                 model_pairs=totals["pairs"], oom_splits=totals["oom_splits"],
                                  resume={"groups": len(groups), "groups_skipped": len(done & {g.key for g in groups}),
                                          "pairs_skipped": sum(g.rows for g in groups if g.key in done)},
                                  finished_at=dt.datetime.now(dt.timezone.utc).isoformat())

@@ -55,7 +55,7 @@ class RunResult:
 
 def build_manifest(*, config, plan, model: dict, counts: dict, tokens: int, wall_time_s: float,
                    actors: dict, started_at: str, finished_at: str, model_pairs: int | None = None,
-                   resume: dict | None = None) -> dict:
+                   resume: dict | None = None, oom_splits: int | None = None) -> dict:
     import ray
 
     return {
@@ -69,6 +69,9 @@ def build_manifest(*, config, plan, model: dict, counts: dict, tokens: int, wall
         # Pairs the model ran on, retries included: above counts.scored means work was redone
         # (a batch whose actor died after scoring it, or a retried task).
         "model_pairs": model_pairs,
+        # Forward passes halved because the device ran out of memory (the halves are retried):
+        # many of them mean max_tokens_per_batch is too big for this device.
+        "oom_splits": oom_splits,
         # Groups of input files (see job.shard_groups) found finished by an earlier, interrupted run.
         "resume": resume,
         "wall_time_s": round(wall_time_s, 3),

@@ -33,13 +33,15 @@ class RunStats:
         self.truncated = 0
         self.pairs = 0
         self.model_seconds = 0.0
+        self.oom_splits = 0
         self.info: dict | None = None
 
-    def add(self, pairs: int, tokens: int, truncated: int, seconds: float) -> None:
+    def add(self, pairs: int, tokens: int, truncated: int, seconds: float, oom_splits: int = 0) -> None:
         self.pairs += pairs
         self.tokens += tokens
         self.truncated += truncated
         self.model_seconds += seconds
+        self.oom_splits += oom_splits
 
     def set_info(self, info: dict) -> None:
         if self.info is None:
@@ -47,7 +49,7 @@ class RunStats:
 
     def totals(self) -> dict:
         return {"pairs": self.pairs, "tokens": self.tokens, "truncated": self.truncated,
-                "model_seconds": self.model_seconds, "info": self.info}
+                "model_seconds": self.model_seconds, "oom_splits": self.oom_splits, "info": self.info}
 
 
 class ScorePairs:
@@ -81,9 +83,10 @@ class ScorePairs:
         if batch.num_rows == 0:
             return out.append_column("score", pa.array([], pa.float32()))
         pairs = TokenizedPairs.from_arrow(batch)
-        start = self._time()
+        start, splits = self._time(), self.reranker.stats["oom_splits"]
         scores = self.reranker.score_tokens(pairs)
-        self.stats.add.remote(len(pairs), int(pairs.offsets[-1]), pairs.num_truncated, self._time() - start)
+        self.stats.add.remote(len(pairs), int(pairs.offsets[-1]), pairs.num_truncated, self._time() - start,
+                              self.reranker.stats["oom_splits"] - splits)
         return out.append_column("score", pa.array(np.asarray(scores, np.float32), pa.float32()))
 
 
