@@ -124,3 +124,17 @@ def train_relevance(path: Path, seconds: float = 20.0, seed: int = 0) -> Path:
     ce.eval()
     ce.save(str(path))
     return path
+
+
+UNEMBEDDED_TOKEN = "<unembedded>"
+
+
+def build_ettin_with_an_unembedded_token(folder: Path) -> Path:
+    """An Ettin-format model whose tokenizer knows one token more than the model has embeddings, as a
+    checkpoint saved after `tokenizer.add_tokens` without `model.resize_token_embeddings` does: a pair
+    holding UNEMBEDDED_TOKEN makes the model's forward pass raise (IndexError on CPU); the others score."""
+    tok = train_tokenizer(1024, synthetic_corpus(), 2048)
+    embedded = len(tok)
+    tok.add_tokens([UNEMBEDDED_TOKEN])
+    shape = EttinShape(3, 64, 96, 1, vocab_size=embedded, local_attention=16, max_positions=2048)
+    return save_ettin_model(folder, shape, tokenizer=tok)

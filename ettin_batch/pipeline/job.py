@@ -5,7 +5,8 @@
       read_parquet (projected columns)
         -> tokenize_batch    CPU tasks; null and untokenizable rows go to rejects/<group>/
         -> ScorePairs        actor pool, one model per GPU (or CPU), all started together;
-                             a dead actor is restarted and its batches retried
+                             a dead actor is restarted and its batches retried; a pair the
+                             model raises on goes to rejects/<group>/ (found by bisecting its batch)
         -> write_parquet     scores/<group>/
       -> _done/<group>.json
     read scores/ (ids + score) -> partial_topk per block -> groupby(query_id) -> final_topk -> topk/
@@ -200,7 +201,7 @@ def _score(config: RerankConfig, plan: InputPlan, group: Group, out: storage.Loc
     from ray.data import ActorPoolStrategy
 
     from ettin_batch.pipeline.score import ScorePairs
-    from ettin_batch.pipeline.tokenize import tokenize_batch
+    from ettin_batch.pipeline.tokenize import RejectsDir, tokenize_batch
 
     ds = ray.data.read_parquet(group.files, filesystem=plan.location.pa_fs, columns=plan.read_columns,
                                num_cpus=res.cpus_per_task)
@@ -216,7 +217,8 @@ def _score(config: RerankConfig, plan: InputPlan, group: Group, out: storage.Loc
         num_gpus=res.gpus_per_actor or None, num_cpus=res.cpus_per_actor, **ACTOR_FAULT_TOLERANCE,
         fn_constructor_kwargs=dict(model=config.model, revision=config.revision, dtype=config.dtype,
                                    max_length=config.max_length, max_tokens_per_batch=config.max_tokens_per_batch,
-                                   attention=config.attention, device=res.device, threads=res.threads, stats=stats),
+                                   attention=config.attention, device=res.device, threads=res.threads, stats=stats,
+                                   rejects=RejectsDir(out.join("rejects", group.key), out.pa_fs)),
     )
     ds.write_parquet(out.join("scores", group.key), filesystem=out.pa_fs,
                      ray_remote_args={"num_cpus": res.cpus_per_task})

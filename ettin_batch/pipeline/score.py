@@ -13,6 +13,7 @@ import pyarrow as pa
 import ray
 
 from ettin_batch.engine.tokenize import IDS_COL, SPLIT_COL, TRUNC_COL
+from ettin_batch.pipeline.tokenize import REJECT_REASON_COL, RejectsDir
 
 TOKEN_COLS = (IDS_COL, SPLIT_COL, TRUNC_COL)
 # Key of the Ray Data context config holding an engine.faults.FaultHooks: tests set it on the
@@ -53,13 +54,20 @@ class RunStats:
 
 
 class ScorePairs:
-    """Ray Data callable class: a batch of tokenized pairs in, the same rows with `score` out."""
+    """Ray Data callable class: a batch of tokenized pairs in, the same rows with `score` out.
+
+    With `rejects`, a pair the model raises on (not an out-of-memory error, which the engine
+    handles by splitting the batch, nor a device error) is written there with its reason and
+    left out; the rest of the batch is scored. Without it, the error fails the job.
+    """
 
     def __init__(self, *, model: str, revision: str | None, dtype: str, max_length: int,
-                 max_tokens_per_batch: int | None, attention: str, device: str, threads: int | None, stats):
+                 max_tokens_per_batch: int | None, attention: str, device: str, threads: int | None, stats,
+                 rejects: RejectsDir | None = None):
         import time
 
         import torch
+        from ray.data import DataContext
 
         from ettin_batch.engine import Reranker
 
@@ -70,9 +78,10 @@ class ScorePairs:
         self.reranker = Reranker.from_pretrained(model, revision=revision, device=device, dtype=dtype,
                                                  max_length=max_length, max_tokens_per_batch=max_tokens_per_batch,
                                                  attention=attention)
-        from ray.data import DataContext
-
         self.reranker.faults = DataContext.get_current().get_config(FAULTS_KEY)
+        # Errors that say nothing about the rows: they fail the batch (and the job) as before.
+        self._not_row_faults = (torch.OutOfMemoryError, torch.AcceleratorError, MemoryError)
+        self.rejects = rejects
         self.stats = stats
         self.stats.set_info.remote(self.reranker.info)
 
@@ -83,11 +92,54 @@ class ScorePairs:
         if batch.num_rows == 0:
             return out.append_column("score", pa.array([], pa.float32()))
         pairs = TokenizedPairs.from_arrow(batch)
+        if self.rejects is None:
+            scores = self._score(pairs)
+        else:
+            scores, refused = self._score_finding_faults(pairs)
+            if refused:
+                rows = sorted(refused)
+                self.rejects.write(out.take(pa.array(rows, pa.int64())).append_column(
+                    REJECT_REASON_COL, pa.array([refused[i] for i in rows], pa.string())))
+                keep = np.ones(len(pairs), bool)
+                keep[rows] = False
+                out, scores = out.filter(pa.array(keep)), scores[keep]
+        return out.append_column("score", pa.array(np.asarray(scores, np.float32), pa.float32()))
+
+    def _score(self, pairs) -> np.ndarray:
         start, splits = self._time(), self.reranker.stats["oom_splits"]
         scores = self.reranker.score_tokens(pairs)
         self.stats.add.remote(len(pairs), int(pairs.offsets[-1]), pairs.num_truncated, self._time() - start,
                               self.reranker.stats["oom_splits"] - splits)
-        return out.append_column("score", pa.array(np.asarray(scores, np.float32), pa.float32()))
+        return scores
+
+    def _score_finding_faults(self, pairs) -> tuple[np.ndarray, dict[int, str]]:
+        """Scores (float32 [n], 0 for refused rows) and, by row, why the model failed on it.
+
+        The batch is scored in one call; only when that raises is it bisected: each half is
+        scored on its own, and a row that still raises alone is refused. That costs about
+        2 log2(n) extra calls per poisoned row, on ever smaller parts. A batch of several rows
+        in which no row scores points at the model or the device, not the rows: that fails.
+        """
+        scores = np.zeros(len(pairs), np.float32)
+        refused: dict[int, str] = {}
+        todo, error = [np.arange(len(pairs))], None
+        while todo:
+            index = todo.pop()
+            try:
+                scores[index] = self._score(pairs if len(index) == len(pairs) else pairs.take(index))
+            except self._not_row_faults:
+                raise
+            except Exception as e:  # noqa: BLE001 - whatever the model raises on a row is that row's reason
+                error = e
+                if len(index) == 1:
+                    refused[int(index[0])] = f"the model failed on this pair: {type(e).__name__}: {e}"[:500]
+                else:
+                    half = len(index) // 2
+                    todo += [index[half:], index[:half]]
+        if len(refused) == len(pairs) > 1:
+            raise RuntimeError(f"the model failed on each of the {len(pairs)} pairs of a batch on its own: "
+                               "the model or the device is broken, not the rows") from error
+        return scores, refused
 
 
 def actor_threads(cpus_per_actor: float) -> int:

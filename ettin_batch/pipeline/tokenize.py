@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +46,18 @@ def _write_rejects(rejects: pa.Table, rejects_dir: str, filesystem: pafs.FileSys
         digest.update(repr(rejects.column(name).to_pylist()).encode())
     filesystem.create_dir(rejects_dir, recursive=True)
     pq.write_table(rejects, f"{rejects_dir}/rejects-{digest.hexdigest()[:20]}.parquet", filesystem=filesystem)
+
+
+@dataclass(frozen=True)
+class RejectsDir:
+    """Where a stage sets aside the rows it cannot score; pickles to Ray workers with its filesystem."""
+
+    path: str
+    filesystem: pafs.FileSystem
+
+    def write(self, rejects: pa.Table) -> None:
+        """One Parquet file named after its rows (see _write_rejects): a retried batch overwrites it."""
+        _write_rejects(rejects, self.path, self.filesystem)
 
 
 def _row_problem(batch: pa.Table, i: int, tokenizer) -> str | None:

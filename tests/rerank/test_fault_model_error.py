@@ -1,0 +1,96 @@
+"""A row that makes the model itself raise goes to rejects/ with its reason; the rest of its batch
+and the job go on, and in = scored + rejected.
+
+The fault is real, not mocked: a model whose tokenizer knows one token more than the model has
+embeddings (a checkpoint saved after add_tokens without resize_token_embeddings). A pair holding
+that token tokenizes fine and makes the forward pass raise IndexError."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+from builders import UNEMBEDDED_TOKEN, build_ettin_with_an_unembedded_token
+
+from ettin_batch.config import RerankConfig
+from ettin_batch.pipeline import rerank
+from ettin_batch.pipeline.score import ScorePairs
+from ettin_batch.pipeline.tokenize import RejectsDir, tokenize_batch
+
+from .faults import accounting, make_shards, record
+
+REASON = "the model failed on this pair: IndexError: index out of range in self"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    return str(build_ettin_with_an_unembedded_token(tmp_path_factory.mktemp("unembedded") / "model"))
+
+
+def _poisoned(n: int, poisoned_at: tuple[int, ...], seed: int = 0) -> pa.Table:
+    table = make_shards(files=1, pairs_per_file=n, seed=seed)[0]
+    docs = [f"{d} {UNEMBEDDED_TOKEN}" if i in poisoned_at else d for i, d in enumerate(table["document"].to_pylist())]
+    return table.set_column(table.column_names.index("document"), "document", pa.array(docs))
+
+
+def _no_stats():
+    ignore = SimpleNamespace(remote=lambda *args: None)
+    return SimpleNamespace(add=ignore, set_info=ignore)
+
+
+def test_the_scoring_step_rejects_only_the_pairs_the_model_raises_on_and_a_retry_rewrites_them(tmp_path, model):
+    fs = pafs.LocalFileSystem()
+    tokenized = tokenize_batch(_poisoned(16, (3, 11)), model=model, revision=None, max_length=512, rename={},
+                               rejects_dir=str(tmp_path / "tokenizer-rejects"), filesystem=fs)
+    assert tokenized.num_rows == 16  # the tokenizer takes every row; only the model fails
+    step = ScorePairs(model=model, revision=None, dtype="float32", max_length=512, max_tokens_per_batch=None,
+                      attention="auto", device="cpu", threads=None, stats=_no_stats(),
+                      rejects=RejectsDir(str(tmp_path / "rejects"), fs))
+    out = step(tokenized)
+    assert out.num_rows == 14
+    assert ("q0-0", "d3") not in set(zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist()))
+    assert step(tokenized).equals(out)  # a retried batch: same rows out, the same rejects file rewritten
+    rejects = pq.read_table(tmp_path / "rejects")
+    assert len(list((tmp_path / "rejects").iterdir())) == 1
+    assert rejects.select(["query_id", "doc_id", "reason"]).to_pylist() == [
+        {"query_id": "q0-0", "doc_id": "d3", "reason": REASON}, {"query_id": "q0-1", "doc_id": "d1", "reason": REASON}]
+    clean = tokenized.filter(pa.array([i not in (3, 11) for i in range(16)]))
+    alone = step(clean)["score"].to_numpy()  # the others' scores are their own (packed differently: float noise)
+    assert abs(alone - out["score"].to_numpy()).max() < 1e-5
+
+
+def test_a_batch_where_every_pair_fails_alone_fails_instead_of_rejecting_everything(tmp_path, model):
+    fs = pafs.LocalFileSystem()
+    tokenized = tokenize_batch(_poisoned(4, (0, 1, 2, 3)), model=model, revision=None, max_length=512, rename={},
+                               rejects_dir=str(tmp_path / "tokenizer-rejects"), filesystem=fs)
+    step = ScorePairs(model=model, revision=None, dtype="float32", max_length=512, max_tokens_per_batch=None,
+                      attention="auto", device="cpu", threads=None, stats=_no_stats(),
+                      rejects=RejectsDir(str(tmp_path / "rejects"), fs))
+    with pytest.raises(RuntimeError, match="the model or the device is broken"):
+        step(tokenized)
+    assert not (tmp_path / "rejects").exists()
+
+
+def test_a_job_with_rows_the_model_raises_on_scores_the_rest_and_rejects_them(tmp_path, ray_session, model):
+    clean = make_shards(files=1, pairs_per_file=30, seed=1)[0]
+    clean = clean.set_column(0, "query_id", pa.array([f"clean-{q}" for q in clean["query_id"].to_pylist()]))
+    shards = [_poisoned(40, (3, 17)), clean]
+    (tmp_path / "in").mkdir()
+    for i, table in enumerate(shards):
+        pq.write_table(table, tmp_path / "in" / f"part-{i}.parquet")
+    result = rerank(RerankConfig(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=model,
+                                 batch_size=16, progress=False))
+    assert result.counts == {**result.counts, "in": 70, "scored": 68, "rejected": 2}
+    rejects = pq.read_table(tmp_path / "out" / "rejects", columns=["query_id", "doc_id", "reason"])
+    assert sorted(rejects["doc_id"].to_pylist()) == ["d3", "d7"]
+    assert set(rejects["reason"].to_pylist()) == {REASON}
+    scores = pq.read_table(tmp_path / "out" / "scores")
+    figures = accounting(pa.concat_tables(shards), scores, rejects)
+    record("test_a_job_with_rows_the_model_raises_on_scores_the_rest_and_rejects_them",
+           {"fault": "2 rows holding a token the model has no embedding for (forward raises IndexError)",
+            **figures, "model_pairs": result.manifest["model_pairs"]})
+    assert figures == {"in": 70, "out": 70, "duplicates": 0, "lost": 0, "unknown": 0}
+    assert result.manifest["model_pairs"] == 68  # every scored pair once: the calls that raised scored nothing
