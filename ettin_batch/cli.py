@@ -58,6 +58,10 @@ def _add_rerank_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", default=None, help="replace a finished run's output")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="hide Ray Data's progress bars")
+    p.add_argument("--group-rows", type=int,
+                   help="at least this many input rows per resume group (default $ETTIN_BATCH_GROUP_ROWS, else 1,000,000)")
+    p.add_argument("--s3-max-attempts", type=int,
+                   help="attempts per object-store call, with backoff (default $ETTIN_BATCH_S3_MAX_ATTEMPTS, else 12)")
 
 
 _COLUMN_FLAGS = {"query_id_col": "query_id", "query_col": "query", "doc_id_col": "doc_id",
@@ -70,7 +74,7 @@ def rerank_config(args: argparse.Namespace) -> RerankConfig:
     changes = {}
     for name in ("input", "output", "model", "revision", "top_k", "max_length", "dtype", "attention", "actors",
                  "gpus_per_actor", "cpus_per_actor", "max_tokens_per_batch", "batch_size", "passthrough",
-                 "address", "overwrite", "progress"):
+                 "address", "overwrite", "progress", "group_rows", "s3_max_attempts"):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value

@@ -54,6 +54,10 @@ class RerankConfig:
     passthrough: extra input columns copied to scores/; None keeps every other column, [] none.
     address: Ray cluster address; None uses RAY_ADDRESS or starts a local Ray.
     overwrite: replace a finished run's output (a folder with _SUCCESS.json); unfinished runs are always replaced.
+    group_rows: at least this many input rows (whole files) per resume group; a resumed run redoes at most
+             the groups that were in flight. None: $ETTIN_BATCH_GROUP_ROWS, else 1,000,000.
+    s3_max_attempts: attempts per object-store call, with backoff (1 = no retry); the filesystem the
+             workers receive carries it. None: $ETTIN_BATCH_S3_MAX_ATTEMPTS, else 12.
     """
 
     input: list[str] = field(default_factory=list)
@@ -74,6 +78,8 @@ class RerankConfig:
     address: str | None = None
     overwrite: bool = False
     progress: bool = True
+    group_rows: int | None = None
+    s3_max_attempts: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RerankConfig:
@@ -148,6 +154,10 @@ class RerankConfig:
                                   f"{self.max_length}: one full-length pair must fit in a batch")
         if self.actors is not None:
             _positive_int("actors", self.actors, "--actors")
+        if self.group_rows is not None:
+            _positive_int("group_rows", self.group_rows, "--group-rows")
+        if self.s3_max_attempts is not None:
+            _positive_int("s3_max_attempts", self.s3_max_attempts, "--s3-max-attempts")
         if self.gpus_per_actor < 0:
             raise ConfigError(f"gpus_per_actor={self.gpus_per_actor} must be >= 0 (0 scores on CPU)")
         if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:

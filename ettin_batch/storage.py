@@ -23,13 +23,16 @@ _GLOB_CHARS = set("*?[")
 # throttling and 5xx answers are retried with jittered exponential backoff (wait n is
 # rand(0, 1) * min(2 ** (n - 1), 20) s), so the default 12 attempts wait up to 151 s in all,
 # about 75 s on average, per call. botocore also keeps a per-client retry quota (100 retries,
-# refilled by successes). ETTIN_BATCH_S3_MAX_ATTEMPTS changes the attempts (1 = no retry);
-# past the last one the call fails, and so does the run (no _SUCCESS.json).
+# refilled by successes). The config's s3_max_attempts, else ETTIN_BATCH_S3_MAX_ATTEMPTS, changes
+# the attempts (1 = no retry); past the last one the call fails, and so does the run (no _SUCCESS.json).
 S3_MAX_ATTEMPTS_ENV = "ETTIN_BATCH_S3_MAX_ATTEMPTS"
 DEFAULT_S3_MAX_ATTEMPTS = 12
 
 
-def s3_max_attempts() -> int:
+def s3_max_attempts(configured: int | None = None) -> int:
+    """Attempts per object-store call: `configured` if given, else $ETTIN_BATCH_S3_MAX_ATTEMPTS, else 12."""
+    if configured is not None:
+        return configured
     value = os.environ.get(S3_MAX_ATTEMPTS_ENV, "")
     try:
         return max(1, int(value)) if value else DEFAULT_S3_MAX_ATTEMPTS
@@ -62,26 +65,30 @@ def _scheme(uri: str) -> str:
     return parsed.scheme if len(parsed.scheme) > 1 else "file"
 
 
-def _s3_filesystem() -> fsspec.AbstractFileSystem:
+def _s3_filesystem(max_attempts: int | None) -> fsspec.AbstractFileSystem:
     import s3fs
 
     # Pass the endpoint explicitly: it then travels with the pickled filesystem to every worker.
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     client_kwargs = {"region_name": region} if region else {}
-    retries = {"max_attempts": s3_max_attempts(), "mode": "standard"}
+    # The retry policy travels with the pickled filesystem too, so Ray workers retry as the driver does.
+    retries = {"max_attempts": s3_max_attempts(max_attempts), "mode": "standard"}
     return s3fs.S3FileSystem(endpoint_url=endpoint or None, client_kwargs=client_kwargs,
                              config_kwargs={"retries": retries})
 
 
-def resolve(uri: str) -> Location:
-    """Resolve a path or URL to a Location. Raises ValueError for a scheme with no installed backend."""
+def resolve(uri: str, *, s3_max_attempts: int | None = None) -> Location:
+    """Resolve a path or URL to a Location. Raises ValueError for a scheme with no installed backend.
+
+    s3_max_attempts: attempts per call on s3:// (None: see s3_max_attempts()).
+    """
     scheme = _scheme(uri)
     if scheme == "file":
         path = os.path.abspath(os.path.expanduser(uri[len("file://"):] if uri.startswith("file://") else uri))
         return Location(fsspec.filesystem("file"), pafs.LocalFileSystem(), path, "file")
     if scheme in ("s3", "s3a"):
-        fs = _s3_filesystem()
+        fs = _s3_filesystem(s3_max_attempts)
     else:
         try:
             fs = fsspec.filesystem(scheme)
@@ -92,7 +99,7 @@ def resolve(uri: str) -> Location:
     return Location(fs, pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path, "s3" if scheme == "s3a" else scheme)
 
 
-def list_parquet(uris: list[str]) -> tuple[Location, list[str]]:
+def list_parquet(uris: list[str], *, s3_max_attempts: int | None = None) -> tuple[Location, list[str]]:
     """Expand folders (recursively), globs and files into a sorted list of Parquet file paths.
 
     Every input must live on the same filesystem. Files whose name starts with `_` or `.`
@@ -101,7 +108,7 @@ def list_parquet(uris: list[str]) -> tuple[Location, list[str]]:
     """
     if not uris:
         raise ValueError("no input paths given")
-    locations = [resolve(u) for u in uris]
+    locations = [resolve(u, s3_max_attempts=s3_max_attempts) for u in uris]
     first = locations[0]
     if any(loc.scheme != first.scheme for loc in locations):
         raise ValueError(f"all inputs must be on one filesystem; got schemes {sorted({l.scheme for l in locations})}")

@@ -56,7 +56,7 @@ def missing_columns_message(missing: list[str], found: list[str], columns: Colum
 
 def inspect_inputs(config: RerankConfig) -> InputPlan:
     """List and check the inputs of `config` (already validated). Raises InputError or FileNotFoundError."""
-    loc, files = storage.list_parquet(config.input)
+    loc, files = storage.list_parquet(config.input, s3_max_attempts=config.s3_max_attempts)
     with ThreadPoolExecutor(max_workers=min(32, len(files))) as pool:
         footers = list(pool.map(lambda p: _footer(loc, p), files))
 

@@ -55,15 +55,16 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
-def _failure_message(error: BaseException, out: storage.Location) -> str:
+def _failure_message(error: BaseException, out: storage.Location, config: RerankConfig) -> str:
     root = _root_cause(error)
     text = str(root).strip().splitlines()[-1] if str(root).strip() else ""
     message = (f"the run did not finish: {type(root).__name__}: {text}. {mf.SUCCESS} was not written, "
                f"so {out.url()} holds an incomplete run.")
     transient = isinstance(root, OSError) and not isinstance(root, (FileNotFoundError, PermissionError))
     if out.scheme == "s3" and transient:
-        message += (f" The object store kept failing after {storage.s3_max_attempts()} attempts per call "
-                    f"({storage.S3_MAX_ATTEMPTS_ENV} sets how many); once it is back, run the same command again.")
+        message += (f" The object store kept failing after {storage.s3_max_attempts(config.s3_max_attempts)} "
+                    f"attempts per call (--s3-max-attempts, s3_max_attempts in the config or "
+                    f"{storage.S3_MAX_ATTEMPTS_ENV} sets how many); once it is back, run the same command again.")
     return message
 
 
@@ -125,13 +126,23 @@ class Group:
     rows: int
 
 
-def shard_groups(plan: InputPlan) -> list[Group]:
-    """Consecutive whole files, about max(ETTIN_BATCH_GROUP_ROWS, rows / 16) rows each."""
+def group_rows(configured: int | None = None) -> int:
+    """The smallest group, in rows: `configured` (config.group_rows) if given, else $ETTIN_BATCH_GROUP_ROWS, else 1M."""
+    if configured is not None:
+        return configured
+    value = os.environ.get(GROUP_ROWS_ENV, "")
+    try:
+        return max(1, int(value)) if value else DEFAULT_GROUP_ROWS
+    except ValueError:
+        raise ValueError(f"{GROUP_ROWS_ENV}={value!r} is not a whole number of rows") from None
+
+
+def shard_groups(plan: InputPlan, floor: int | None = None) -> list[Group]:
+    """Consecutive whole files, about max(group_rows(floor), rows / 16) rows each."""
     import hashlib
     import math
 
-    floor = int(os.environ.get(GROUP_ROWS_ENV) or DEFAULT_GROUP_ROWS)
-    target = max(1, floor, math.ceil(plan.num_rows / MAX_GROUPS))
+    target = max(1, group_rows(floor), math.ceil(plan.num_rows / MAX_GROUPS))
     groups: list[Group] = []
     files: list[str] = []
     rows = 0
@@ -153,13 +164,16 @@ def run_fingerprint(config: RerankConfig, plan: InputPlan, resolved) -> dict:
     return {"model": resolved.model_id, "revision": resolved.revision, "dtype": config.dtype,
             "max_length": config.max_length, "attention": config.attention,
             "columns": config.columns.required(), "passthrough": plan.passthrough,
+            # Another grouping names other groups: their finished markers would not match, and
+            # their files in scores/ would stay beside the new groups' (duplicates).
+            "group_rows": group_rows(config.group_rows),
             "files": [[plan.location.url(p), n] for p, n in zip(plan.files, plan.file_rows)]}
 
 
 def _prepare_output(config: RerankConfig, fingerprint: dict) -> tuple[storage.Location, set[str]]:
     """Refuse a finished run (unless --overwrite); resume an unfinished one with the same
     fingerprint (returns its finished groups); replace anything else."""
-    out = storage.resolve(config.output)
+    out = storage.resolve(config.output, s3_max_attempts=config.s3_max_attempts)
     success = out.join(mf.SUCCESS)
     finished = out.fs.exists(success)
     if finished and not config.overwrite:
@@ -260,7 +274,7 @@ def rerank(config: RerankConfig) -> mf.RunResult:
     plan = inspect_inputs(config)
     resolved = resolve_model(config.model, config.revision)
     out, done = _prepare_output(config, run_fingerprint(config, plan, resolved))
-    groups = shard_groups(plan)
+    groups = shard_groups(plan, config.group_rows)
 
     import ray
     from ray.data import DataContext
@@ -286,7 +300,7 @@ def rerank(config: RerankConfig) -> mf.RunResult:
             scored = mf.count_rows(out, out.join("scores"))
             _topk(config, plan, out, scored)
         except Exception as e:  # noqa: BLE001 - one clear message; the original stays chained
-            raise RunFailed(_failure_message(e, out)) from e
+            raise RunFailed(_failure_message(e, out, config)) from e
         totals = ray.get(stats.totals.remote())
     finally:
         if started_ray:

@@ -64,6 +64,9 @@ class TeacherConfig(RerankConfig):
 
     def validate(self) -> TeacherConfig:
         super().validate()
+        if self.group_rows is not None:
+            raise ConfigError("group_rows (--group-rows) does not apply to a teacher dataset: it is written in one "
+                              "pass, without resume groups")
         n = self.rows_per_file
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ConfigError(f"rows_per_file={n!r} must be a positive integer (--rows-per-file)")
@@ -160,7 +163,7 @@ def output_schema(plan: InputPlan) -> pa.Schema:
 # --- the job -------------------------------------------------------------------------------------
 
 def _prepare_output(config: TeacherConfig) -> storage.Location:
-    out = storage.resolve(config.output)
+    out = storage.resolve(config.output, s3_max_attempts=config.s3_max_attempts)
     success = out.join(mf.SUCCESS)
     if out.fs.exists(success) and not config.overwrite:
         raise OutputError(f"{out.url(success)} exists: that run finished. Pass --overwrite to replace it, "
@@ -270,8 +273,8 @@ def add_teacher_arguments(p: argparse.ArgumentParser) -> None:
 
     _add_rerank_arguments(p)
     for action in p._actions:
-        if action.dest == "top_k":
-            action.help = argparse.SUPPRESS  # accepted by the parser, refused in teacher_config
+        if action.dest in ("top_k", "group_rows"):
+            action.help = argparse.SUPPRESS  # accepted by the parser, refused in teacher_config / validate
         elif action.dest == "output":
             action.help = f"output folder: {DATA}/ (the dataset), {REJECTS}/, {mf.SUCCESS}"
         elif action.dest == "passthrough":

@@ -49,3 +49,43 @@ def test_unknown_config_key_is_an_error_that_lists_known_keys(tmp_path):
 def test_invalid_values_are_rejected_naming_the_setting(change, flag):
     with pytest.raises(ConfigError, match=flag):
         RerankConfig(input=["in/"], output="out/").replace(**change).validate()
+
+
+def test_group_rows_and_s3_attempts_come_from_the_file_or_flags_and_are_validated(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("input: in/\noutput: out/\ngroup_rows: 5000\ns3_max_attempts: 4\n")
+    config = _config_from_cli("--config", str(path), "--s3-max-attempts", "6")
+    assert config.group_rows == 5000 and config.s3_max_attempts == 6
+    for flag in ("--group-rows", "--s3-max-attempts"):
+        with pytest.raises(ConfigError, match=flag):
+            _config_from_cli("--input", "in/", "--output", "out/", flag, "0")
+
+
+def test_the_s3_attempts_setting_travels_with_the_filesystem_the_workers_receive(monkeypatch):
+    import pickle
+
+    from ettin_batch import storage
+
+    monkeypatch.setenv("ETTIN_BATCH_S3_MAX_ATTEMPTS", "7")
+    configured = pickle.loads(pickle.dumps(storage.resolve("s3://bucket/out/", s3_max_attempts=3).pa_fs))
+    fallback = pickle.loads(pickle.dumps(storage.resolve("s3://bucket/other/").pa_fs))
+    assert configured.handler.fs.config_kwargs["retries"] == {"max_attempts": 3, "mode": "standard"}
+    assert fallback.handler.fs.config_kwargs["retries"]["max_attempts"] == 7  # no setting: the variable
+
+
+def test_group_rows_sets_the_smallest_resume_group_and_the_variable_is_the_fallback(monkeypatch):
+    from ettin_batch.pipeline.job import shard_groups
+    from ettin_batch.pipeline.inputs import InputPlan
+
+    plan = InputPlan(location=None, files=[f"f{i}" for i in range(6)], read_columns=[], passthrough=[], rename={},
+                     num_rows=600, file_rows=[100] * 6, schema=None)
+    monkeypatch.setenv("ETTIN_BATCH_GROUP_ROWS", "300")
+    assert [len(g.files) for g in shard_groups(plan)] == [3, 3]
+    assert [len(g.files) for g in shard_groups(plan, 200)] == [2, 2, 2]
+
+
+def test_a_teacher_config_refuses_group_rows():
+    from ettin_batch.pipeline.teacher import TeacherConfig
+
+    with pytest.raises(ConfigError, match="group_rows"):
+        TeacherConfig(input=["in/"], output="out/", group_rows=10).validate()

@@ -20,26 +20,24 @@ from ettin_batch.pipeline import rerank
 from .conftest import TINY
 from .faults import accounting, make_shards, record, write_local
 
-GROUP_ROWS = "200"  # one input file per group, so six groups
+GROUP_ROWS = 200  # one input file per group, so six groups
 
 
 def _by_pair(table: pa.Table) -> dict:
     return dict(zip(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist()), table["score"].to_pylist()))
 
 
-def test_a_killed_driver_resumes_where_it_stopped_and_ends_equal_to_an_uninterrupted_run(
-        tmp_path, ray_session, monkeypatch):
+def test_a_killed_driver_resumes_where_it_stopped_and_ends_equal_to_an_uninterrupted_run(tmp_path, ray_session):
     import ray
 
-    monkeypatch.setenv("ETTIN_BATCH_GROUP_ROWS", GROUP_ROWS)
     shards = make_shards(files=6, pairs_per_file=200, seed=5)
     write_local(shards, tmp_path / "in")
     reference = rerank(RerankConfig(input=[str(tmp_path / "in")], output=str(tmp_path / "reference"), model=TINY,
-                                    batch_size=50, progress=False))
+                                    batch_size=50, progress=False, group_rows=GROUP_ROWS))
 
     out = tmp_path / "out"
     argv = ["rerank", "--input", str(tmp_path / "in"), "--output", str(out), "--model", TINY,
-            "--batch-size", "50", "--no-progress"]
+            "--batch-size", "50", "--no-progress", "--group-rows", str(GROUP_ROWS)]
     # The first attempt is its own driver process on the same Ray cluster, so it can be killed.
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
     driver = subprocess.Popen([sys.executable, "-m", "ettin_batch.cli", *argv], env=env,
@@ -82,8 +80,7 @@ def test_a_killed_driver_resumes_where_it_stopped_and_ends_equal_to_an_uninterru
     assert reference.counts["scored"] == 1200
 
 
-def test_an_unfinished_run_with_other_settings_is_replaced_not_mixed(tmp_path, ray_session, monkeypatch):
-    monkeypatch.setenv("ETTIN_BATCH_GROUP_ROWS", GROUP_ROWS)
+def test_an_unfinished_run_with_other_settings_is_replaced_not_mixed(tmp_path, ray_session):
     write_local(make_shards(files=2, pairs_per_file=20, seed=6), tmp_path / "in")
     out = tmp_path / "out"
     stale = out / "scores" / "g0000-stale"
@@ -91,7 +88,8 @@ def test_an_unfinished_run_with_other_settings_is_replaced_not_mixed(tmp_path, r
     pq.write_table(pa.table({"query_id": ["old"], "doc_id": ["old"], "score": pa.array([1.0], pa.float32())}),
                    stale / "part.parquet")
     (out / "_run.json").write_text(json.dumps({"fingerprint": {"model": "some-other-model"}}))
-    result = rerank(RerankConfig(input=[str(tmp_path / "in")], output=str(out), model=TINY, progress=False))
+    result = rerank(RerankConfig(input=[str(tmp_path / "in")], output=str(out), model=TINY, progress=False,
+                                 group_rows=GROUP_ROWS))
     assert result.manifest["resume"]["groups_skipped"] == 0
     assert "old" not in pq.read_table(out / "scores")["query_id"].to_pylist()
     assert result.counts["scored"] == 40

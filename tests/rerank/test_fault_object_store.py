@@ -32,11 +32,11 @@ def store(s3, s3_endpoint):
     return {"bucket": bucket, "inputs": pa.concat_tables(shards), "upstream": s3_endpoint}
 
 
-def _run(store, proxy, monkeypatch, run: str):
+def _run(store, proxy, monkeypatch, run: str, **settings):
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
     s3fs.S3FileSystem.clear_instance_cache()
     return rerank(RerankConfig(input=[f"s3://{store['bucket']}/in/"], output=f"s3://{store['bucket']}/{run}/",
-                               model=TINY, batch_size=50, progress=False))
+                               model=TINY, batch_size=50, progress=False, **settings))
 
 
 def test_a_store_that_answers_503_for_eight_seconds_mid_write_costs_nothing(store, s3, monkeypatch, ray_session):
@@ -53,12 +53,11 @@ def test_a_store_that_answers_503_for_eight_seconds_mid_write_costs_nothing(stor
 
 
 def test_a_store_down_past_the_retry_limit_fails_clearly_without_success(store, s3, monkeypatch, ray_session):
-    monkeypatch.setenv("ETTIN_BATCH_S3_MAX_ATTEMPTS", "2")
     with FlakyS3Proxy(store["upstream"], trigger=SCORES_WRITE, seconds=None) as proxy:
         with pytest.raises(RunFailed) as err:
-            _run(store, proxy, monkeypatch, "run-down")
+            _run(store, proxy, monkeypatch, "run-down", s3_max_attempts=2)
     message = str(err.value)
     assert "_SUCCESS.json was not written" in message and "after 2 attempts per call" in message
-    assert "ETTIN_BATCH_S3_MAX_ATTEMPTS" in message
+    assert "--s3-max-attempts" in message and "ETTIN_BATCH_S3_MAX_ATTEMPTS" in message
     assert proxy.refused["PUT"] >= 2
     assert not s3.exists(f"{store['bucket']}/run-down/_SUCCESS.json")
