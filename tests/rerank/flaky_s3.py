@@ -87,3 +87,134 @@ class FlakyS3Proxy:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class StoppingS3Proxy:
+    """A proxy in front of the moto S3 server whose endpoint goes down for a while and comes back.
+
+    Each outage in `outages` ((method, path regex), seconds) starts at the first request that
+    matches it, once the outage before it has ended. During an outage the endpoint is gone, as a
+    store restarting or a lost route leaves it: the request that triggered it, and every request
+    in flight, has its connection closed unanswered; open keep-alive connections are closed; and
+    the port stops listening, so new connections are refused. After `seconds` it listens on the
+    same port again. `cut` lists the requests that were cut; `served` counts every request answered
+    (method, path), so a test can show a cut request came back (was retried) once the store did.
+    """
+
+    def __init__(self, upstream: str, outages: list[tuple[tuple[str, str], float]]):
+        self.upstream = upstream.removeprefix("http://")
+        self.outages = [(method, re.compile(path), seconds) for (method, path), seconds in outages]
+        self.cut: list[tuple[str, str, int]] = []  # method, path, outage number (1, 2, ...)
+        self._number = 0
+        self.served: Counter = Counter()
+        self.down_seconds: list[float] = []
+        self._lock = threading.Lock()
+        self._down = False
+        self._connections: set = set()
+        self._threads: list[threading.Thread] = []
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.server = self._listen()
+
+    def _handler(self):
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def setup(self):
+                super().setup()
+                with proxy._lock:
+                    proxy._connections.add(self.connection)
+
+            def finish(self):
+                with proxy._lock:
+                    proxy._connections.discard(self.connection)
+                try:
+                    super().finish()
+                except OSError:
+                    pass
+
+            def _handle(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path.split("?", 1)[0]
+                if proxy._cut_here(self.command, path):
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)  # no answer: the client sees the connection die
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                headers["Host"] = proxy.upstream
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection") and (
+                            k.lower() != "content-length" or self.command == "HEAD"):
+                        self.send_header(k, v)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                with proxy._lock:
+                    proxy.served[(self.command, path)] += 1
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        return Handler
+
+    def _listen(self) -> ThreadingHTTPServer:
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())  # allow_reuse_address is set
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return server
+
+    def _cut_here(self, method: str, path: str) -> bool:
+        with self._lock:
+            if self._down:
+                self.cut.append((method, path, self._number))
+                return True
+            if not self.outages:
+                return False
+            want_method, want_path, seconds = self.outages[0]
+            if method != want_method or not want_path.search(path):
+                return False
+            self.outages.pop(0)
+            self._down, self._number = True, self._number + 1
+            self.cut.append((method, path, self._number))
+        threading.Thread(target=self._outage, args=(seconds,), daemon=True).start()
+        return True
+
+    def _outage(self, seconds: float) -> None:
+        start = time.monotonic()
+        self.server.shutdown()
+        self.server.server_close()  # the port stops listening: connections are refused
+        with self._lock:
+            open_connections = list(self._connections)
+        for conn in open_connections:  # keep-alive connections die with the endpoint
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        time.sleep(max(0.0, seconds - (time.monotonic() - start)))
+        self.server = self._listen()
+        with self._lock:
+            self._down = False
+            self.down_seconds.append(round(time.monotonic() - start, 1))
+
+    def __enter__(self) -> StoppingS3Proxy:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

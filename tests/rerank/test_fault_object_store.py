@@ -1,6 +1,7 @@
-"""The object store answers 503 for a while (S3 and MinIO do under load): reads and writes retry
-with backoff and the run completes; when it stays down past the retry limit the run fails with
-a clear error and writes no _SUCCESS.json."""
+"""The object store answers 503 for a while (S3 and MinIO do under load), or its endpoint goes down
+(connections cut and refused) and comes back: reads and writes retry with backoff and the run
+completes exactly once; when it stays down past the retry limit the run fails with a clear error
+and writes no _SUCCESS.json."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from ettin_batch.pipeline.job import RunFailed
 
 from .conftest import TINY, read_parquet_folder, upload_parquet
 from .faults import accounting, make_shards, record
-from .flaky_s3 import FlakyS3Proxy
+from .flaky_s3 import FlakyS3Proxy, StoppingS3Proxy
 
 SCORES_WRITE = ("PUT", r"/scores/")
+INPUT_READ = ("GET", r"/in/")
 
 
 @pytest.fixture
@@ -61,3 +63,28 @@ def test_a_store_down_past_the_retry_limit_fails_clearly_without_success(store, 
     assert "--s3-max-attempts" in message and "ETTIN_BATCH_S3_MAX_ATTEMPTS" in message
     assert proxy.refused["PUT"] >= 2
     assert not s3.exists(f"{store['bucket']}/run-down/_SUCCESS.json")
+
+
+def test_an_endpoint_that_goes_down_mid_write_and_mid_read_and_comes_back_costs_nothing(
+        store, s3, monkeypatch, ray_session):
+    # Two groups of two files: the store goes down at group 0's first scores/ write, and again at the
+    # next read of an input after it is back (group 1's), 5 s each.
+    with StoppingS3Proxy(store["upstream"], [(SCORES_WRITE, 5), (INPUT_READ, 5)]) as proxy:
+        result = _run(store, proxy, monkeypatch, "run-down-up", group_rows=300)
+    assert len(proxy.down_seconds) == 2 and min(proxy.down_seconds) >= 5
+    triggers = {n: (method, path) for method, path, n in reversed(proxy.cut)}  # the first request cut by each
+    assert triggers[1][0] == "PUT" and "/scores/" in triggers[1][1]
+    assert triggers[2][0] == "GET" and "/in/" in triggers[2][1]
+    # Both came back once the store did: the write and the read were retried, not lost.
+    assert proxy.served[triggers[1]] >= 1 and proxy.served[triggers[2]] >= 1
+    assert s3.exists(f"{store['bucket']}/run-down-up/_SUCCESS.json")
+    scores = read_parquet_folder(s3, f"{store['bucket']}/run-down-up/scores")
+    figures = accounting(store["inputs"], scores)
+    record("test_an_endpoint_that_goes_down_mid_write_and_mid_read_and_comes_back_costs_nothing",
+           {"fault": "S3 endpoint down 5 s from the first scores/ write, then 5 s from the next input read "
+                     "(connections cut, port closed: refused)", **figures,
+            "requests_cut": len(proxy.cut), "cut": sorted({f"{m} {p}" for m, p, _ in proxy.cut}),
+            "down_seconds": proxy.down_seconds, "wall_time_s": result.manifest["wall_time_s"],
+            "model_pairs": result.manifest["model_pairs"]})
+    assert figures == {"in": 600, "out": 600, "duplicates": 0, "lost": 0, "unknown": 0}
+    assert result.manifest["model_pairs"] == 600 and result.manifest["resume"]["groups"] == 2
