@@ -319,7 +319,9 @@ def rerank(config: RerankConfig) -> mf.RunResult:
                                  wall_time_s=wall, actors=res.as_dict(), started_at=started.isoformat(),
                                  model_pairs=totals["pairs"], oom_splits=totals["oom_splits"],
                                  resume={"groups": len(groups), "groups_skipped": len(done & {g.key for g in groups}),
-                                         "pairs_skipped": sum(g.rows for g in groups if g.key in done)},
+                                         "pairs_skipped": sum(g.rows for g in groups if g.key in done),
+                                         "pairs_scored_earlier": sum(mf.count_rows(out, out.join("scores", g.key))
+                                                                     for g in groups if g.key in done)},
                                  finished_at=dt.datetime.now(dt.timezone.utc).isoformat())
     storage.write_json(out, out.join(mf.SUCCESS), manifest)
     return mf.RunResult(output=out.url(), manifest=manifest)

@@ -15,6 +15,9 @@ import pyarrow.parquet as pq
 from ettin_batch import __version__, storage
 
 SUCCESS = "_SUCCESS.json"
+# What pairs_per_s and tokens_per_s measure, written into every manifest beside them.
+RATE_BASIS = ("this run only: pairs_per_s = pairs_scored_this_run / wall_time_s, tokens_per_s = tokens the model "
+              "ran on in this run (retries included) / wall_time_s; groups a resumed run skipped are in neither")
 
 
 def count_rows(loc: storage.Location, folder: str) -> int:
@@ -45,7 +48,9 @@ class RunResult:
             f"ettin-batch rerank: done in {m['wall_time_s']:.1f} s",
             f"  pairs in {c['in']:,}  scored {c['scored']:,}  rejected {c['rejected']:,}"
             f"  (truncated at {m['max_length']} tokens: {c['truncated']:,})",
-            f"  {m['pairs_per_s']:,.0f} pairs/s  {m['tokens_per_s']:,.0f} tokens/s",
+            f"  {m['pairs_per_s']:,.0f} pairs/s  {m['tokens_per_s']:,.0f} tokens/s"
+            + (f"  (this run scored {m['pairs_scored_this_run']:,}; {m['resume']['pairs_scored_earlier']:,} "
+               "were scored by the run it resumed)" if (m.get("resume") or {}).get("pairs_scored_earlier") else ""),
             f"  model {m['model']['model_id']} ({m['model'].get('dtype')}, {m['model'].get('device')})"
             + ("  RANDOM WEIGHTS: scores are meaningless" if m["model"].get("is_random") else ""),
             f"  output {self.output}  (scores/, topk/ top-{m['top_k']}, rejects/, {SUCCESS})",
@@ -58,6 +63,9 @@ def build_manifest(*, config, plan, model: dict, counts: dict, tokens: int, wall
                    resume: dict | None = None, oom_splits: int | None = None) -> dict:
     import ray
 
+    # A resumed run's rate is its own work over its own wall time: pairs in groups that an earlier run
+    # finished (resume.pairs_scored_earlier) are in counts.scored but not in pairs_scored_this_run.
+    scored_now = counts["scored"] - ((resume or {}).get("pairs_scored_earlier") or 0)
     return {
         "status": "success",
         "model": model,
@@ -75,8 +83,10 @@ def build_manifest(*, config, plan, model: dict, counts: dict, tokens: int, wall
         # Groups of input files (see job.shard_groups) found finished by an earlier, interrupted run.
         "resume": resume,
         "wall_time_s": round(wall_time_s, 3),
-        "pairs_per_s": round(counts["scored"] / wall_time_s, 1) if wall_time_s > 0 else None,
+        "pairs_scored_this_run": scored_now,
+        "pairs_per_s": round(scored_now / wall_time_s, 1) if wall_time_s > 0 else None,
         "tokens_per_s": round(tokens / wall_time_s, 1) if wall_time_s > 0 else None,
+        "rate_basis": RATE_BASIS,
         "input": {"paths": list(config.input), "files": len(plan.files),
                   "columns": dict(zip(("query_id", "query", "doc_id", "document"), config.columns.required())),
                   "passthrough": plan.passthrough},

@@ -62,6 +62,7 @@ def test_a_killed_driver_resumes_where_it_stopped_and_ends_equal_to_an_uninterru
     assert resume["groups"] == 6 and resume["groups_skipped"] == len(done_at_kill)
     assert resume["pairs_skipped"] == 200 * len(done_at_kill)
     assert manifest["model_pairs"] == 1200 - resume["pairs_skipped"]  # nothing finished was scored again
+    assert manifest["pairs_scored_this_run"] == 1200 - resume["pairs_scored_earlier"] == 1200 - resume["pairs_skipped"]
 
     scores, expected = pq.read_table(out / "scores"), pq.read_table(tmp_path / "reference" / "scores")
     figures = accounting(pa.concat_tables(shards), scores)
@@ -93,3 +94,26 @@ def test_an_unfinished_run_with_other_settings_is_replaced_not_mixed(tmp_path, r
     assert result.manifest["resume"]["groups_skipped"] == 0
     assert "old" not in pq.read_table(out / "scores")["query_id"].to_pylist()
     assert result.counts["scored"] == 40
+
+
+def test_a_resumed_runs_rate_counts_only_the_pairs_it_scored(tmp_path, ray_session):
+    import time
+
+    write_local(make_shards(files=2, pairs_per_file=20, seed=7), tmp_path / "in")
+    out = tmp_path / "out"
+    config = RerankConfig(input=[str(tmp_path / "in")], output=str(out), model=TINY, progress=False, group_rows=20)
+    first = rerank(config).manifest
+    assert first["pairs_scored_this_run"] == 40 and first["rate_basis"].startswith("this run only")
+    # As if the run had stopped after its first group: the second group's marker and the success file gone.
+    (out / "_SUCCESS.json").unlink()
+    last = max((out / "_done").glob("*.json"))
+    last.unlink()
+
+    started = time.perf_counter()
+    result = rerank(config)
+    elapsed = time.perf_counter() - started
+    m = result.manifest
+    assert m["resume"]["groups_skipped"] == 1 and m["resume"]["pairs_scored_earlier"] == 20
+    assert m["counts"]["scored"] == 40 and m["pairs_scored_this_run"] == 20 == m["model_pairs"]
+    assert m["pairs_per_s"] == round(20 / m["wall_time_s"], 1) and m["wall_time_s"] <= elapsed
+    assert "this run scored 20; 20 were scored by the run it resumed" in result.summary()
