@@ -56,6 +56,9 @@ def _add_rerank_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--passthrough", nargs="*", help="extra columns copied to scores/ (default: all others)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace a finished run's output")
+    p.add_argument("--reuse", metavar="PREVIOUS_OUTPUT",
+                   help="a finished run's output folder: unchanged pairs keep its scores, only new or changed "
+                        "pairs are scored")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="hide Ray Data's progress bars")
 
@@ -70,7 +73,7 @@ def rerank_config(args: argparse.Namespace) -> RerankConfig:
     changes = {}
     for name in ("input", "output", "model", "revision", "top_k", "max_length", "dtype", "attention", "actors",
                  "gpus_per_actor", "cpus_per_actor", "max_tokens_per_batch", "batch_size", "passthrough",
-                 "address", "overwrite", "progress"):
+                 "address", "overwrite", "reuse", "progress"):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
@@ -90,6 +93,7 @@ def _run_rerank(args: argparse.Namespace) -> int:
     from ettin_batch.pipeline import rerank
     from ettin_batch.pipeline.inputs import InputError
     from ettin_batch.pipeline.job import OutputError, RunFailed
+    from ettin_batch.pipeline.reuse import ReuseError
 
     try:
         config = rerank_config(args)
@@ -101,7 +105,7 @@ def _run_rerank(args: argparse.Namespace) -> int:
         # The engine's message already says how to pass a local folder or a random: model.
         print(f"error: {e}", file=sys.stderr)
         return EXIT_MODEL
-    except (ConfigError, InputError, OutputError, FileNotFoundError) as e:
+    except (ConfigError, InputError, OutputError, ReuseError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     print(result.summary())

@@ -54,6 +54,8 @@ class RerankConfig:
     passthrough: extra input columns copied to scores/; None keeps every other column, [] none.
     address: Ray cluster address; None uses RAY_ADDRESS or starts a local Ray.
     overwrite: replace a finished run's output (a folder with _SUCCESS.json); unfinished runs are always replaced.
+    reuse:   a previous run's output folder: pairs whose fingerprint (texts, model, revision, max_length,
+             dtype) it scored keep that score; only new or changed pairs are scored.
     """
 
     input: list[str] = field(default_factory=list)
@@ -73,6 +75,7 @@ class RerankConfig:
     passthrough: list[str] | None = None
     address: str | None = None
     overwrite: bool = False
+    reuse: str | None = None
     progress: bool = True
 
     @classmethod

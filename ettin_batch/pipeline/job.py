@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 from ettin_batch import storage
 from ettin_batch.config import RerankConfig
 from ettin_batch.pipeline import manifest as mf
+from ettin_batch.pipeline import reuse
 from ettin_batch.pipeline.inputs import InputPlan, inspect_inputs
 
 log = logging.getLogger("ettin_batch.pipeline")
@@ -179,6 +181,15 @@ def _prepare_output(config: RerankConfig, fingerprint: dict) -> tuple[storage.Lo
     return out, set()
 
 
+def _dtype_name(dtype: str, device: str) -> str:
+    """The dtype the actors will run in ("auto" resolved the way the engine resolves it)."""
+    import torch
+
+    from ettin_batch.engine.reranker import resolve_dtype
+
+    return str(resolve_dtype(dtype, torch.device(device))).removeprefix("torch.")
+
+
 def _ensure_ray(config: RerankConfig) -> bool:
     """Connect to the configured cluster or start a local Ray; True if this call started it."""
     import ray
@@ -195,19 +206,27 @@ def _ensure_ray(config: RerankConfig) -> bool:
 
 
 def _score(config: RerankConfig, plan: InputPlan, group: Group, out: storage.Location, res: Resources,
-           stats) -> None:
+           stats, header: bytes, previous=None) -> None:
     import ray
     from ray.data import ActorPoolStrategy
 
+    from ettin_batch.pipeline.reuse import add_fingerprints, attach_previous, fingerprint_schema
     from ettin_batch.pipeline.score import ScorePairs
     from ettin_batch.pipeline.tokenize import tokenize_batch
 
     ds = ray.data.read_parquet(group.files, filesystem=plan.location.pa_fs, columns=plan.read_columns,
                                num_cpus=res.cpus_per_task)
+    rename, schema = plan.rename, None
+    if previous is not None:  # --reuse: pairs whose fingerprint the previous run scored keep that score
+        ds = ds.map_batches(add_fingerprints, batch_format="pyarrow", batch_size=config.batch_size,
+                            num_cpus=res.cpus_per_task, fn_kwargs=dict(header=header, rename=plan.rename))
+        ds = attach_previous(ds, previous, partitions=max(1, min(64, math.ceil(group.rows / 500_000))))
+        rename, schema = {}, fingerprint_schema(plan)
     ds = ds.map_batches(
         tokenize_batch, batch_format="pyarrow", batch_size=config.batch_size, num_cpus=res.cpus_per_task,
         fn_kwargs=dict(model=config.model, revision=config.revision, max_length=config.max_length,
-                       rename=plan.rename, rejects_dir=out.join("rejects", group.key), filesystem=out.pa_fs),
+                       rename=rename, rejects_dir=out.join("rejects", group.key), filesystem=out.pa_fs,
+                       fingerprint_header=header, schema=schema),
     )
     ds = ds.map_batches(
         ScorePairs, batch_format="pyarrow", batch_size=config.batch_size,
@@ -257,6 +276,7 @@ def rerank(config: RerankConfig) -> mf.RunResult:
     started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     plan = inspect_inputs(config)
     resolved = resolve_model(config.model, config.revision)
+    previous = reuse.open_previous(config.reuse, storage.resolve(config.output)) if config.reuse else None
     out, done = _prepare_output(config, run_fingerprint(config, plan, resolved))
     groups = shard_groups(plan)
 
@@ -270,15 +290,21 @@ def rerank(config: RerankConfig) -> mf.RunResult:
         DataContext.get_current().enable_progress_bars = config.progress
         res = plan_resources(config, ray.cluster_resources())
         log.info("scoring on %s", res)
+        settings = {"model_id": resolved.model_id, "revision": resolved.revision,
+                    "max_length": config.max_length, "dtype": _dtype_name(config.dtype, res.device)}
+        header = reuse.fingerprint_header(**settings)
         stats = RunStats.remote()
         try:
+            previous_scores = None
+            if previous is not None and previous.matches(settings):
+                previous_scores = reuse.previous_scores(previous)
             for group in groups:
                 if group.key in done:
                     continue
                 for sub in ("scores", "rejects"):  # an unfinished group's partial files
                     storage.remove_tree(out, out.join(sub, group.key))
                 if group.files:
-                    _score(config, plan, group, out, res, stats)
+                    _score(config, plan, group, out, res, stats, header, previous_scores)
                 storage.write_json(out, out.join(DONE_DIR, f"{group.key}.json"),
                                    {"files": [out.url(f) for f in group.files], "rows": group.rows})
             scored = mf.count_rows(out, out.join("scores"))
@@ -304,6 +330,7 @@ def rerank(config: RerankConfig) -> mf.RunResult:
                                  model_pairs=totals["pairs"],
                                  resume={"groups": len(groups), "groups_skipped": len(done & {g.key for g in groups}),
                                          "pairs_skipped": sum(g.rows for g in groups if g.key in done)},
+                                 reuse=previous and {**previous.summary(), "pairs_reused": totals["reused"]},
                                  finished_at=dt.datetime.now(dt.timezone.utc).isoformat())
     storage.write_json(out, out.join(mf.SUCCESS), manifest)
     return mf.RunResult(output=out.url(), manifest=manifest)

@@ -55,7 +55,7 @@ class RunResult:
 
 def build_manifest(*, config, plan, model: dict, counts: dict, tokens: int, wall_time_s: float,
                    actors: dict, started_at: str, finished_at: str, model_pairs: int | None = None,
-                   resume: dict | None = None) -> dict:
+                   resume: dict | None = None, reuse: dict | None = None) -> dict:
     import ray
 
     return {
@@ -71,6 +71,8 @@ def build_manifest(*, config, plan, model: dict, counts: dict, tokens: int, wall
         "model_pairs": model_pairs,
         # Groups of input files (see job.shard_groups) found finished by an earlier, interrupted run.
         "resume": resume,
+        # --reuse: the previous run, whether its scores could be used, and how many pairs kept theirs.
+        "reuse": reuse,
         "wall_time_s": round(wall_time_s, 3),
         "pairs_per_s": round(counts["scored"] / wall_time_s, 1) if wall_time_s > 0 else None,
         "tokens_per_s": round(tokens / wall_time_s, 1) if wall_time_s > 0 else None,

@@ -29,11 +29,13 @@ class RunStats:
         self.tokens = 0
         self.truncated = 0
         self.pairs = 0
+        self.reused = 0
         self.model_seconds = 0.0
         self.info: dict | None = None
 
-    def add(self, pairs: int, tokens: int, truncated: int, seconds: float) -> None:
+    def add(self, pairs: int, tokens: int, truncated: int, seconds: float, reused: int = 0) -> None:
         self.pairs += pairs
+        self.reused += reused
         self.tokens += tokens
         self.truncated += truncated
         self.model_seconds += seconds
@@ -43,7 +45,7 @@ class RunStats:
             self.info = info
 
     def totals(self) -> dict:
-        return {"pairs": self.pairs, "tokens": self.tokens, "truncated": self.truncated,
+        return {"pairs": self.pairs, "reused": self.reused, "tokens": self.tokens, "truncated": self.truncated,
                 "model_seconds": self.model_seconds, "info": self.info}
 
 
@@ -69,16 +71,29 @@ class ScorePairs:
         self.stats.set_info.remote(self.reranker.info)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """Score every row; in a --reuse run, only the rows whose `score` is still null."""
         from ettin_batch.engine.tokenize import TokenizedPairs
+        from ettin_batch.pipeline.reuse import reused_mask
 
         out = batch.drop_columns([c for c in TOKEN_COLS if c in batch.column_names])
-        if batch.num_rows == 0:
-            return out.append_column("score", pa.array([], pa.float32()))
-        pairs = TokenizedPairs.from_arrow(batch)
-        start = self._time()
-        scores = self.reranker.score_tokens(pairs)
-        self.stats.add.remote(len(pairs), int(pairs.offsets[-1]), pairs.num_truncated, self._time() - start)
-        return out.append_column("score", pa.array(np.asarray(scores, np.float32), pa.float32()))
+        reused = reused_mask(batch)
+        if reused is None:
+            todo = np.arange(batch.num_rows)
+            scores = np.empty(batch.num_rows, np.float32)
+        else:
+            reused = reused.to_numpy(zero_copy_only=False)
+            todo = np.flatnonzero(~reused)
+            scores = batch.column("score").to_numpy(zero_copy_only=False).astype(np.float32)
+            out = out.drop_columns(["score"])
+        if len(todo):
+            pairs = TokenizedPairs.from_arrow(batch.take(todo) if reused is not None else batch)
+            start = self._time()
+            scores[todo] = self.reranker.score_tokens(pairs)
+            self.stats.add.remote(len(pairs), int(pairs.offsets[-1]), pairs.num_truncated, self._time() - start,
+                                  reused=batch.num_rows - len(todo))
+        elif batch.num_rows:
+            self.stats.add.remote(0, 0, 0, 0.0, reused=batch.num_rows)
+        return out.append_column("score", pa.array(scores, pa.float32()))
 
 
 def actor_threads(cpus_per_actor: float) -> int:
