@@ -78,7 +78,7 @@ def _tokenize(batch: pa.Table, tokenizer):
 
 def tokenize_batch(batch: pa.Table, *, model: str, revision: str | None, max_length: int,
                    rename: dict[str, str], rejects_dir: str, filesystem: pafs.FileSystem,
-                   fingerprint_header: bytes, schema: pa.Schema | None = None) -> pa.Table:
+                   fingerprint_header: bytes | None = None, schema: pa.Schema | None = None) -> pa.Table:
     """One Ray batch in (input column names), tokenized pairs out (canonical names, no texts).
 
     Rows with a null id or text, and rows the tokenizer cannot take (a text that is not valid
@@ -86,7 +86,7 @@ def tokenize_batch(batch: pa.Table, *, model: str, revision: str | None, max_len
     and dropped; the rest of the batch goes on. The batch is tokenized in one call; only when
     that raises is it retried row by row, to find the rows at fault.
 
-    Each pair gets its fingerprint (see reuse.py). In a `--reuse` run the batch arrives from the
+    With `fingerprint_header`, each pair gets its fingerprint (see reuse.py). In a `--reuse` run the batch arrives from the
     join, already renamed, fingerprinted and with a `score` column: rows that have a score keep
     it and skip the tokenizer (their token columns are null); `schema` restores the column types
     the join changed (e.g. string -> large_string), so the output equals a full run's.
@@ -98,7 +98,7 @@ def tokenize_batch(batch: pa.Table, *, model: str, revision: str | None, max_len
     bad, reasons = reject_reasons(batch)
     rejected = [_with_reasons(batch.filter(pa.array(bad)), reasons)]
     batch = batch.filter(pa.array(~bad))
-    if FINGERPRINT_COL not in batch.column_names:
+    if fingerprint_header is not None and FINGERPRINT_COL not in batch.column_names:
         batch = add_fingerprints(batch, header=fingerprint_header)
     reused = reused_mask(batch)
     kept = None
