@@ -56,10 +56,22 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
+def _user_error(error: BaseException) -> str | None:
+    """`Type: message` of the exception a UDF raised, which Ray Data keeps only as traceback text."""
+    import re
+
+    found = re.findall(r"^(\w[\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$", str(error), re.MULTILINE)
+    found = [f"{name}: {text}" for name, text in found if not name.endswith("UserCodeException")]
+    return found[-1] if found else None
+
+
 def _failure_message(error: BaseException, out: storage.Location) -> str:
     root = _root_cause(error)
     text = str(root).strip().splitlines()[-1] if str(root).strip() else ""
-    message = (f"the run did not finish: {type(root).__name__}: {text}. {mf.SUCCESS} was not written, "
+    cause = f"{type(root).__name__}: {text}"
+    if type(root).__name__ == "UserCodeException":  # the useful part is the UDF's own exception
+        cause = _user_error(error) or cause
+    message = (f"the run did not finish: {cause}. {mf.SUCCESS} was not written, "
                f"so {out.url()} holds an incomplete run.")
     transient = isinstance(root, OSError) and not isinstance(root, (FileNotFoundError, PermissionError))
     if out.scheme == "s3" and transient:
