@@ -9,6 +9,7 @@
         -> write_parquet     scores/<group>/
       -> _done/<group>.json
     read scores/ (ids + score) -> partial_topk per block -> groupby(query_id) -> final_topk -> topk/
+        (up to TOPK_IN_DRIVER_ROWS scored pairs: final_topk in the driver, no shuffle to start)
     count rows in the written files -> _SUCCESS.json (last)
 
 Top-k reads back what was written rather than branching the scoring stream, so the
@@ -253,6 +254,11 @@ def _score(config: RerankConfig, plan: InputPlan, group: Group, out: storage.Loc
                      ray_remote_args={"num_cpus": res.cpus_per_task})
 
 
+# Up to this many scored pairs, top-k runs in the driver (~20 bytes a row, read in well under a second);
+# above, on Ray Data. Starting the shuffle costs a few seconds that a small run would notice.
+TOPK_IN_DRIVER_ROWS = 1_000_000
+
+
 def _topk(config: RerankConfig, plan: InputPlan, out: storage.Location, scored: int) -> None:
     import ray
 
@@ -263,10 +269,17 @@ def _topk(config: RerankConfig, plan: InputPlan, out: storage.Location, scored: 
         # Nothing was scored (every row rejected, or no rows): empty files keep the layout the same for readers.
         id_types = {plan.rename[n]: plan.schema.field(n).type for n in plan.read_columns[:4]}
         scores_schema = pa.schema([("query_id", id_types["query_id"]), ("doc_id", id_types["doc_id"]),
-                                   *[plan.schema.field(n) for n in plan.passthrough], ("score", pa.float32())])
+                                   *[plan.schema.field(n) for n in plan.passthrough],
+                                   (reuse.FINGERPRINT_COL, reuse.FINGERPRINT_TYPE), ("score", pa.float32())])
         for sub, schema in (("scores", scores_schema), ("topk", topk_schema(id_types["query_id"], id_types["doc_id"]))):
             out.pa_fs.create_dir(out.join(sub), recursive=True)
             pq.write_table(schema.empty_table(), out.join(sub, "empty.parquet"), filesystem=out.pa_fs)
+        return
+    if scored <= TOPK_IN_DRIVER_ROWS:
+        # Three narrow columns of a small run fit in the driver; the same cut, without starting a shuffle.
+        table = pq.read_table(scores_dir, filesystem=out.pa_fs, columns=["query_id", "doc_id", "score"])
+        out.pa_fs.create_dir(out.join("topk"), recursive=True)
+        pq.write_table(final_topk(table, k=config.top_k), out.join("topk", "topk.parquet"), filesystem=out.pa_fs)
         return
     ds = ray.data.read_parquet(scores_dir, filesystem=out.pa_fs, columns=["query_id", "doc_id", "score"])
     ds = ds.map_batches(partial_topk, batch_format="pyarrow", batch_size=None, fn_kwargs={"k": config.top_k})

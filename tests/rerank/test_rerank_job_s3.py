@@ -190,5 +190,20 @@ def test_a_run_where_every_row_is_rejected_still_completes(tmp_path, ray_session
     result = rerank(RerankConfig(input=[str(tmp_path / "part-0.parquet")], output=str(tmp_path / "out"),
                                  model=TINY, progress=False))
     assert result.counts["scored"] == 0 and result.counts["rejected"] == 2
-    assert pq.read_table(tmp_path / "out" / "scores").column_names == ["query_id", "doc_id", "lang", "score"]
+    assert pq.read_table(tmp_path / "out" / "scores").column_names == ["query_id", "doc_id", "lang", "pair_fingerprint", "score"]
     assert pq.read_table(tmp_path / "out" / "topk").num_rows == 0
+
+
+def test_topk_on_ray_data_equals_the_cut_in_the_driver(job, s3, monkeypatch):
+    # Small runs cut top-k in the driver (TOPK_IN_DRIVER_ROWS); large ones on Ray Data: same result.
+    from ettin_batch import storage
+    from ettin_batch.pipeline import job as job_module
+
+    s3.copy("ettin-out/reranked/run-1/scores", "ettin-out/reranked/topk-on-ray/scores", recursive=True)
+    monkeypatch.setattr(job_module, "TOPK_IN_DRIVER_ROWS", 0)
+    config = RerankConfig(input=["unused"], output="s3://ettin-out/reranked/topk-on-ray/", model=TINY, top_k=K)
+    job_module._topk(config, None, storage.resolve(config.output), job["manifest"]["counts"]["scored"])
+    on_ray = read_parquet_folder(s3, "ettin-out/reranked/topk-on-ray/topk")
+    rows = lambda t: sorted(zip(*(t[c].to_pylist() for c in ("query_id", "rank", "doc_id", "score"))))  # noqa: E731
+    assert on_ray.num_rows == job["topk"].num_rows > 0
+    assert rows(on_ray) == rows(job["topk"])
