@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from ettin_batch import __version__, evaluation, labels
 from ettin_batch import submit as submit_command
-from ettin_batch.config import DTYPES, ConfigError, RerankConfig
+from ettin_batch.config import COLUMN_FLAGS, DTYPES, ConfigError, RerankConfig
 from ettin_batch.pipeline import teacher
 
 EXIT_USAGE = 2  # bad config, input or output: fix the command
@@ -63,24 +63,19 @@ def _add_rerank_arguments(p: argparse.ArgumentParser) -> None:
                    help="hide Ray Data's progress bars")
 
 
-_COLUMN_FLAGS = {"query_id_col": "query_id", "query_col": "query", "doc_id_col": "doc_id",
-                 "document_col": "document"}
+def rerank_config(args: argparse.Namespace, cls: type[RerankConfig] = RerankConfig) -> RerankConfig:
+    """The config file (if any) with the flags given on the command line applied on top, validated.
 
+    A flag fills the config field of its own name (`--top-k` -> top_k); `cls` may be a subclass
+    with more fields (the teacher job's TeacherConfig)."""
+    import dataclasses
 
-def rerank_config(args: argparse.Namespace) -> RerankConfig:
-    """The config file (if any) with the flags given on the command line applied on top, validated."""
-    config = RerankConfig.from_file(args.config) if args.config else RerankConfig()
-    changes = {}
-    for name in ("input", "output", "model", "revision", "top_k", "max_length", "dtype", "attention", "actors",
-                 "gpus_per_actor", "cpus_per_actor", "max_tokens_per_batch", "batch_size", "passthrough",
-                 "address", "overwrite", "reuse", "progress"):
-        value = getattr(args, name)
-        if value is not None:
-            changes[name] = value
-    columns = {role: getattr(args, flag) for flag, role in _COLUMN_FLAGS.items() if getattr(args, flag)}
+    config = cls.from_file(args.config) if args.config else cls()
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+               if f.name != "columns" and getattr(args, f.name, None) is not None}
+    columns = {role: getattr(args, flag.lstrip("-").replace("-", "_")) for role, flag in COLUMN_FLAGS.items()}
+    columns = {role: name for role, name in columns.items() if name}
     if columns:
-        import dataclasses
-
         changes["columns"] = dataclasses.replace(config.columns, **columns)
     config = config.replace(**changes)
     # `{date}` in the output (nightly configs) becomes today's UTC date, so one file serves every night.
