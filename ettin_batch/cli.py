@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from ettin_batch import __version__, evaluation, labels
+from ettin_batch import __version__, beir, evaluation, labels
 from ettin_batch import submit as submit_command
 from ettin_batch.config import COLUMN_FLAGS, DTYPES, ConfigError, RerankConfig
 from ettin_batch.pipeline import teacher
@@ -109,6 +109,7 @@ def _run_rerank(args: argparse.Namespace) -> int:
 
 register("rerank", "score every (query, document) pair in Parquet shards; write scores and per-query top-k",
          _add_rerank_arguments, _run_rerank)
+register("beir", beir.BEIR_HELP, beir.add_beir_arguments, beir.run_beir)
 register("eval", evaluation.EVAL_HELP, evaluation.add_eval_arguments, evaluation.run_eval)
 register("labels", labels.LABELS_HELP, labels.add_labels_arguments, labels.run_labels)
 register("submit", submit_command.SUBMIT_HELP, submit_command.add_submit_arguments, submit_command.run_submit)
