@@ -15,9 +15,9 @@ import logging
 import sys
 from collections.abc import Callable
 
-from ettin_batch import __version__, evaluation, labels
+from ettin_batch import __version__, beir, evaluation, labels
 from ettin_batch import submit as submit_command
-from ettin_batch.config import DTYPES, ConfigError, RerankConfig
+from ettin_batch.config import COLUMN_FLAGS, DTYPES, ConfigError, RerankConfig
 from ettin_batch.pipeline import teacher
 
 EXIT_USAGE = 2  # bad config, input or output: fix the command
@@ -56,6 +56,9 @@ def _add_rerank_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--passthrough", nargs="*", help="extra columns copied to scores/ (default: all others)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace a finished run's output")
+    p.add_argument("--reuse", metavar="PREVIOUS_OUTPUT",
+                   help="a finished run's output folder: unchanged pairs keep its scores, only new or changed "
+                        "pairs are scored")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="hide Ray Data's progress bars")
     p.add_argument("--group-rows", type=int,
@@ -64,24 +67,19 @@ def _add_rerank_arguments(p: argparse.ArgumentParser) -> None:
                    help="attempts per object-store call, with backoff (default $ETTIN_BATCH_S3_MAX_ATTEMPTS, else 12)")
 
 
-_COLUMN_FLAGS = {"query_id_col": "query_id", "query_col": "query", "doc_id_col": "doc_id",
-                 "document_col": "document"}
+def rerank_config(args: argparse.Namespace, cls: type[RerankConfig] = RerankConfig) -> RerankConfig:
+    """The config file (if any) with the flags given on the command line applied on top, validated.
 
+    A flag fills the config field of its own name (`--top-k` -> top_k); `cls` may be a subclass
+    with more fields (the teacher job's TeacherConfig)."""
+    import dataclasses
 
-def rerank_config(args: argparse.Namespace) -> RerankConfig:
-    """The config file (if any) with the flags given on the command line applied on top, validated."""
-    config = RerankConfig.from_file(args.config) if args.config else RerankConfig()
-    changes = {}
-    for name in ("input", "output", "model", "revision", "top_k", "max_length", "dtype", "attention", "actors",
-                 "gpus_per_actor", "cpus_per_actor", "max_tokens_per_batch", "batch_size", "passthrough",
-                 "address", "overwrite", "progress", "group_rows", "s3_max_attempts"):
-        value = getattr(args, name)
-        if value is not None:
-            changes[name] = value
-    columns = {role: getattr(args, flag) for flag, role in _COLUMN_FLAGS.items() if getattr(args, flag)}
+    config = cls.from_file(args.config) if args.config else cls()
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+               if f.name != "columns" and getattr(args, f.name, None) is not None}
+    columns = {role: getattr(args, flag.lstrip("-").replace("-", "_")) for role, flag in COLUMN_FLAGS.items()}
+    columns = {role: name for role, name in columns.items() if name}
     if columns:
-        import dataclasses
-
         changes["columns"] = dataclasses.replace(config.columns, **columns)
     config = config.replace(**changes)
     # `{date}` in the output (nightly configs) becomes today's UTC date, so one file serves every night.
@@ -94,6 +92,7 @@ def _run_rerank(args: argparse.Namespace) -> int:
     from ettin_batch.pipeline import rerank
     from ettin_batch.pipeline.inputs import InputError
     from ettin_batch.pipeline.job import OutputError, RunFailed
+    from ettin_batch.pipeline.reuse import ReuseError
 
     try:
         config = rerank_config(args)
@@ -105,7 +104,7 @@ def _run_rerank(args: argparse.Namespace) -> int:
         # The engine's message already says how to pass a local folder or a random: model.
         print(f"error: {e}", file=sys.stderr)
         return EXIT_MODEL
-    except (ConfigError, InputError, OutputError, FileNotFoundError) as e:
+    except (ConfigError, InputError, OutputError, ReuseError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     print(result.summary())
@@ -114,6 +113,7 @@ def _run_rerank(args: argparse.Namespace) -> int:
 
 register("rerank", "score every (query, document) pair in Parquet shards; write scores and per-query top-k",
          _add_rerank_arguments, _run_rerank)
+register("beir", beir.BEIR_HELP, beir.add_beir_arguments, beir.run_beir)
 register("eval", evaluation.EVAL_HELP, evaluation.add_eval_arguments, evaluation.run_eval)
 register("labels", labels.LABELS_HELP, labels.add_labels_arguments, labels.run_labels)
 register("submit", submit_command.SUBMIT_HELP, submit_command.add_submit_arguments, submit_command.run_submit)

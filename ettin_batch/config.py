@@ -54,6 +54,8 @@ class RerankConfig:
     passthrough: extra input columns copied to scores/; None keeps every other column, [] none.
     address: Ray cluster address; None uses RAY_ADDRESS or starts a local Ray.
     overwrite: replace a finished run's output (a folder with _SUCCESS.json); unfinished runs are always replaced.
+    reuse:   a previous run's output folder: pairs whose fingerprint (texts, model, revision, max_length,
+             dtype) it scored keep that score; only new or changed pairs are scored.
     group_rows: at least this many input rows (whole files) per resume group; a resumed run redoes at most
              the groups that were in flight. None: $ETTIN_BATCH_GROUP_ROWS, else 1,000,000.
     s3_max_attempts: attempts per object-store call, with backoff (1 = no retry); the filesystem the
@@ -77,6 +79,7 @@ class RerankConfig:
     passthrough: list[str] | None = None
     address: str | None = None
     overwrite: bool = False
+    reuse: str | None = None
     progress: bool = True
     group_rows: int | None = None
     s3_max_attempts: int | None = None

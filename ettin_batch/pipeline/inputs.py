@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from ettin_batch import storage
 from ettin_batch.config import COLUMN_FLAGS, Columns, RerankConfig
+from ettin_batch.pipeline.reuse import FINGERPRINT_COL
 
 # The canonical names every later stage (and every output) uses.
 CANONICAL = ("query_id", "query", "doc_id", "document")
@@ -68,7 +69,7 @@ def inspect_inputs(config: RerankConfig) -> InputPlan:
     else:
         passthrough = list(config.passthrough)
     # Outputs use canonical names, so an extra column called e.g. `query_id` next to a remapped id would collide.
-    reserved = {"score", "rank", "reason"} | (set(CANONICAL) - set(required))
+    reserved = {"score", "rank", "reason", FINGERPRINT_COL} | (set(CANONICAL) - set(required))
     clash = sorted(set(passthrough) & reserved)
     if clash:
         raise InputError(f"pass-through column(s) {clash} would collide with an output column; "

@@ -10,6 +10,7 @@
         -> write_parquet     scores/<group>/
       -> _done/<group>.json
     read scores/ (ids + score) -> partial_topk per block -> groupby(query_id) -> final_topk -> topk/
+        (up to TOPK_IN_DRIVER_ROWS scored pairs: final_topk in the driver, no shuffle to start)
     count rows in the written files -> _SUCCESS.json (last)
 
 Top-k reads back what was written rather than branching the scoring stream, so the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ import pyarrow.parquet as pq
 from ettin_batch import storage
 from ettin_batch.config import RerankConfig
 from ettin_batch.pipeline import manifest as mf
+from ettin_batch.pipeline import reuse
 from ettin_batch.pipeline.inputs import InputPlan, inspect_inputs
 
 log = logging.getLogger("ettin_batch.pipeline")
@@ -55,14 +58,26 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
-def _failure_message(error: BaseException, out: storage.Location, config: RerankConfig) -> str:
+def _user_error(error: BaseException) -> str | None:
+    """`Type: message` of the exception a UDF raised, which Ray Data keeps only as traceback text."""
+    import re
+
+    found = re.findall(r"^(\w[\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$", str(error), re.MULTILINE)
+    found = [f"{name}: {text}" for name, text in found if not name.endswith("UserCodeException")]
+    return found[-1] if found else None
+
+
+def _failure_message(error: BaseException, out: storage.Location, config: RerankConfig | None = None) -> str:
     root = _root_cause(error)
     text = str(root).strip().splitlines()[-1] if str(root).strip() else ""
-    message = (f"the run did not finish: {type(root).__name__}: {text}. {mf.SUCCESS} was not written, "
+    cause = f"{type(root).__name__}: {text}"
+    if type(root).__name__ == "UserCodeException":  # the useful part is the UDF's own exception
+        cause = _user_error(error) or cause
+    message = (f"the run did not finish: {cause}. {mf.SUCCESS} was not written, "
                f"so {out.url()} holds an incomplete run.")
     transient = isinstance(root, OSError) and not isinstance(root, (FileNotFoundError, PermissionError))
     if out.scheme == "s3" and transient:
-        message += (f" The object store kept failing after {storage.s3_max_attempts(config.s3_max_attempts)} "
+        message += (f" The object store kept failing after {storage.s3_max_attempts(config and config.s3_max_attempts)} "
                     f"attempts per call (--s3-max-attempts, s3_max_attempts in the config or "
                     f"{storage.S3_MAX_ATTEMPTS_ENV} sets how many); once it is back, run the same command again.")
     return message
@@ -194,6 +209,15 @@ def _prepare_output(config: RerankConfig, fingerprint: dict) -> tuple[storage.Lo
     return out, set()
 
 
+def _dtype_name(dtype: str, device: str) -> str:
+    """The dtype the actors will run in ("auto" resolved the way the engine resolves it)."""
+    import torch
+
+    from ettin_batch.engine.reranker import resolve_dtype
+
+    return str(resolve_dtype(dtype, torch.device(device))).removeprefix("torch.")
+
+
 def _ensure_ray(config: RerankConfig) -> bool:
     """Connect to the configured cluster or start a local Ray; True if this call started it."""
     import ray
@@ -210,19 +234,27 @@ def _ensure_ray(config: RerankConfig) -> bool:
 
 
 def _score(config: RerankConfig, plan: InputPlan, group: Group, out: storage.Location, res: Resources,
-           stats) -> None:
+           stats, header: bytes, previous=None) -> None:
     import ray
     from ray.data import ActorPoolStrategy
 
+    from ettin_batch.pipeline.reuse import add_fingerprints, attach_previous, fingerprint_schema
     from ettin_batch.pipeline.score import ScorePairs
     from ettin_batch.pipeline.tokenize import RejectsDir, tokenize_batch
 
     ds = ray.data.read_parquet(group.files, filesystem=plan.location.pa_fs, columns=plan.read_columns,
                                num_cpus=res.cpus_per_task)
+    rename, schema = plan.rename, None
+    if previous is not None:  # --reuse: pairs whose fingerprint the previous run scored keep that score
+        ds = ds.map_batches(add_fingerprints, batch_format="pyarrow", batch_size=config.batch_size,
+                            num_cpus=res.cpus_per_task, fn_kwargs=dict(header=header, rename=plan.rename))
+        ds = attach_previous(ds, previous, partitions=max(1, min(64, math.ceil(group.rows / 500_000))))
+        rename, schema = {}, fingerprint_schema(plan)
     ds = ds.map_batches(
         tokenize_batch, batch_format="pyarrow", batch_size=config.batch_size, num_cpus=res.cpus_per_task,
         fn_kwargs=dict(model=config.model, revision=config.revision, max_length=config.max_length,
-                       rename=plan.rename, rejects_dir=out.join("rejects", group.key), filesystem=out.pa_fs),
+                       rename=rename, rejects_dir=out.join("rejects", group.key), filesystem=out.pa_fs,
+                       fingerprint_header=header, schema=schema),
     )
     ds = ds.map_batches(
         ScorePairs, batch_format="pyarrow", batch_size=config.batch_size,
@@ -238,6 +270,11 @@ def _score(config: RerankConfig, plan: InputPlan, group: Group, out: storage.Loc
                      ray_remote_args={"num_cpus": res.cpus_per_task})
 
 
+# Up to this many scored pairs, top-k runs in the driver (~20 bytes a row, read in well under a second);
+# above, on Ray Data. Starting the shuffle costs a few seconds that a small run would notice.
+TOPK_IN_DRIVER_ROWS = 1_000_000
+
+
 def _topk(config: RerankConfig, plan: InputPlan, out: storage.Location, scored: int) -> None:
     import ray
 
@@ -248,10 +285,17 @@ def _topk(config: RerankConfig, plan: InputPlan, out: storage.Location, scored: 
         # Nothing was scored (every row rejected, or no rows): empty files keep the layout the same for readers.
         id_types = {plan.rename[n]: plan.schema.field(n).type for n in plan.read_columns[:4]}
         scores_schema = pa.schema([("query_id", id_types["query_id"]), ("doc_id", id_types["doc_id"]),
-                                   *[plan.schema.field(n) for n in plan.passthrough], ("score", pa.float32())])
+                                   *[plan.schema.field(n) for n in plan.passthrough],
+                                   (reuse.FINGERPRINT_COL, reuse.FINGERPRINT_TYPE), ("score", pa.float32())])
         for sub, schema in (("scores", scores_schema), ("topk", topk_schema(id_types["query_id"], id_types["doc_id"]))):
             out.pa_fs.create_dir(out.join(sub), recursive=True)
             pq.write_table(schema.empty_table(), out.join(sub, "empty.parquet"), filesystem=out.pa_fs)
+        return
+    if scored <= TOPK_IN_DRIVER_ROWS:
+        # Three narrow columns of a small run fit in the driver; the same cut, without starting a shuffle.
+        table = pq.read_table(scores_dir, filesystem=out.pa_fs, columns=["query_id", "doc_id", "score"])
+        out.pa_fs.create_dir(out.join("topk"), recursive=True)
+        pq.write_table(final_topk(table, k=config.top_k), out.join("topk", "topk.parquet"), filesystem=out.pa_fs)
         return
     ds = ray.data.read_parquet(scores_dir, filesystem=out.pa_fs, columns=["query_id", "doc_id", "score"])
     ds = ds.map_batches(partial_topk, batch_format="pyarrow", batch_size=None, fn_kwargs={"k": config.top_k})
@@ -273,6 +317,9 @@ def rerank(config: RerankConfig) -> mf.RunResult:
     started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     plan = inspect_inputs(config)
     resolved = resolve_model(config.model, config.revision)
+    attempts = config.s3_max_attempts
+    previous = (reuse.open_previous(config.reuse, storage.resolve(config.output, s3_max_attempts=attempts),
+                                    s3_max_attempts=attempts) if config.reuse else None)
     out, done = _prepare_output(config, run_fingerprint(config, plan, resolved))
     groups = shard_groups(plan, config.group_rows)
 
@@ -286,15 +333,21 @@ def rerank(config: RerankConfig) -> mf.RunResult:
         DataContext.get_current().enable_progress_bars = config.progress
         res = plan_resources(config, ray.cluster_resources())
         log.info("scoring on %s", res)
+        settings = {"model_id": resolved.model_id, "revision": resolved.revision,
+                    "max_length": config.max_length, "dtype": _dtype_name(config.dtype, res.device)}
+        header = reuse.fingerprint_header(**settings)
         stats = RunStats.remote()
         try:
+            previous_scores = None
+            if previous is not None and previous.matches(settings):
+                previous_scores = reuse.previous_scores(previous)
             for group in groups:
                 if group.key in done:
                     continue
                 for sub in ("scores", "rejects"):  # an unfinished group's partial files
                     storage.remove_tree(out, out.join(sub, group.key))
                 if group.files:
-                    _score(config, plan, group, out, res, stats)
+                    _score(config, plan, group, out, res, stats, header, previous_scores)
                 storage.write_json(out, out.join(DONE_DIR, f"{group.key}.json"),
                                    {"files": [out.url(f) for f in group.files], "rows": group.rows})
             scored = mf.count_rows(out, out.join("scores"))
@@ -322,6 +375,7 @@ def rerank(config: RerankConfig) -> mf.RunResult:
                                          "pairs_skipped": sum(g.rows for g in groups if g.key in done),
                                          "pairs_scored_earlier": sum(mf.count_rows(out, out.join("scores", g.key))
                                                                      for g in groups if g.key in done)},
+                                 reuse=previous and {**previous.summary(), "pairs_reused": totals["reused"]},
                                  finished_at=dt.datetime.now(dt.timezone.utc).isoformat())
     storage.write_json(out, out.join(mf.SUCCESS), manifest)
     return mf.RunResult(output=out.url(), manifest=manifest)

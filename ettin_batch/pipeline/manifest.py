@@ -17,7 +17,8 @@ from ettin_batch import __version__, storage
 SUCCESS = "_SUCCESS.json"
 # What pairs_per_s and tokens_per_s measure, written into every manifest beside them.
 RATE_BASIS = ("this run only: pairs_per_s = pairs_scored_this_run / wall_time_s, tokens_per_s = tokens the model "
-              "ran on in this run (retries included) / wall_time_s; groups a resumed run skipped are in neither")
+              "ran on in this run (retries included) / wall_time_s; groups a resumed run skipped are in neither; "
+              "pairs that kept a --reuse score are in pairs_scored_this_run (this run wrote them), not in tokens")
 
 
 def count_rows(loc: storage.Location, folder: str) -> int:
@@ -60,7 +61,7 @@ class RunResult:
 
 def build_manifest(*, config, plan, model: dict, counts: dict, tokens: int, wall_time_s: float,
                    actors: dict, started_at: str, finished_at: str, model_pairs: int | None = None,
-                   resume: dict | None = None, oom_splits: int | None = None) -> dict:
+                   resume: dict | None = None, reuse: dict | None = None, oom_splits: int | None = None) -> dict:
     import ray
 
     # A resumed run's rate is its own work over its own wall time: pairs in groups that an earlier run
@@ -82,6 +83,8 @@ def build_manifest(*, config, plan, model: dict, counts: dict, tokens: int, wall
         "oom_splits": oom_splits,
         # Groups of input files (see job.shard_groups) found finished by an earlier, interrupted run.
         "resume": resume,
+        # --reuse: the previous run, whether its scores could be used, and how many pairs kept theirs.
+        "reuse": reuse,
         "wall_time_s": round(wall_time_s, 3),
         "pairs_scored_this_run": scored_now,
         "pairs_per_s": round(scored_now / wall_time_s, 1) if wall_time_s > 0 else None,

@@ -13,7 +13,7 @@ import pyarrow as pa
 import ray
 
 from ettin_batch.engine.tokenize import IDS_COL, SPLIT_COL, TRUNC_COL
-from ettin_batch.pipeline.tokenize import REJECT_REASON_COL, RejectsDir
+from ettin_batch.pipeline.tokenize import RejectsDir
 
 TOKEN_COLS = (IDS_COL, SPLIT_COL, TRUNC_COL)
 # Key of the Ray Data context config holding an engine.faults.FaultHooks: tests set it on the
@@ -33,12 +33,15 @@ class RunStats:
         self.tokens = 0
         self.truncated = 0
         self.pairs = 0
+        self.reused = 0
         self.model_seconds = 0.0
         self.oom_splits = 0
         self.info: dict | None = None
 
-    def add(self, pairs: int, tokens: int, truncated: int, seconds: float, oom_splits: int = 0) -> None:
+    def add(self, pairs: int, tokens: int, truncated: int, seconds: float, reused: int = 0,
+            oom_splits: int = 0) -> None:
         self.pairs += pairs
+        self.reused += reused
         self.tokens += tokens
         self.truncated += truncated
         self.model_seconds += seconds
@@ -49,7 +52,7 @@ class RunStats:
             self.info = info
 
     def totals(self) -> dict:
-        return {"pairs": self.pairs, "tokens": self.tokens, "truncated": self.truncated,
+        return {"pairs": self.pairs, "reused": self.reused, "tokens": self.tokens, "truncated": self.truncated,
                 "model_seconds": self.model_seconds, "oom_splits": self.oom_splits, "info": self.info}
 
 
@@ -86,30 +89,44 @@ class ScorePairs:
         self.stats.set_info.remote(self.reranker.info)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """Score every row (in a --reuse run, only the rows whose `score` is still null); with
+        `rejects`, rows the model raises on are written there and left out."""
         from ettin_batch.engine.tokenize import TokenizedPairs
+        from ettin_batch.pipeline.reuse import reused_mask
 
         out = batch.drop_columns([c for c in TOKEN_COLS if c in batch.column_names])
-        if batch.num_rows == 0:
-            return out.append_column("score", pa.array([], pa.float32()))
-        pairs = TokenizedPairs.from_arrow(batch)
-        if self.rejects is None:
-            scores = self._score(pairs)
+        reused = reused_mask(batch)
+        if reused is None:
+            todo = np.arange(batch.num_rows)
+            scores = np.empty(batch.num_rows, np.float32)
         else:
-            scores, refused = self._score_finding_faults(pairs)
-            if refused:
-                rows = sorted(refused)
-                self.rejects.write(out.take(pa.array(rows, pa.int64())).append_column(
-                    REJECT_REASON_COL, pa.array([refused[i] for i in rows], pa.string())))
-                keep = np.ones(len(pairs), bool)
-                keep[rows] = False
-                out, scores = out.filter(pa.array(keep)), scores[keep]
-        return out.append_column("score", pa.array(np.asarray(scores, np.float32), pa.float32()))
+            reused = reused.to_numpy(zero_copy_only=False)
+            todo = np.flatnonzero(~reused)
+            scores = batch.column("score").to_numpy(zero_copy_only=False).astype(np.float32)
+            out = out.drop_columns(["score"])
+            if len(todo) < batch.num_rows:
+                self.stats.add.remote(0, 0, 0, 0.0, reused=batch.num_rows - len(todo))
+        refused: dict[int, str] = {}
+        if len(todo):
+            pairs = TokenizedPairs.from_arrow(batch.take(todo) if reused is not None else batch)
+            if self.rejects is None:
+                scores[todo] = self._score(pairs)
+            else:
+                scores[todo], refused_in_pairs = self._score_finding_faults(pairs)
+                refused = {int(todo[i]): why for i, why in refused_in_pairs.items()}
+        if refused:
+            rows = sorted(refused)
+            self.rejects.write(out.take(pa.array(rows, pa.int64())), [refused[i] for i in rows])
+            keep = np.ones(batch.num_rows, bool)
+            keep[rows] = False
+            out, scores = out.filter(pa.array(keep)), scores[keep]
+        return out.append_column("score", pa.array(scores, pa.float32()))
 
     def _score(self, pairs) -> np.ndarray:
         start, splits = self._time(), self.reranker.stats["oom_splits"]
         scores = self.reranker.score_tokens(pairs)
         self.stats.add.remote(len(pairs), int(pairs.offsets[-1]), pairs.num_truncated, self._time() - start,
-                              self.reranker.stats["oom_splits"] - splits)
+                              oom_splits=self.reranker.stats["oom_splits"] - splits)
         return scores
 
     def _score_finding_faults(self, pairs) -> tuple[np.ndarray, dict[int, str]]:

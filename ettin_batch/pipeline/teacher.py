@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ettin_batch import storage
-from ettin_batch.config import COLUMN_FLAGS, ConfigError, RerankConfig
+from ettin_batch.config import ConfigError, RerankConfig
 from ettin_batch.pipeline import manifest as mf
 from ettin_batch.pipeline.inputs import InputError, InputPlan, inspect_inputs
 from ettin_batch.pipeline.job import ACTOR_FAULT_TOLERANCE, OutputError, _ensure_ray, plan_resources
@@ -64,6 +64,8 @@ class TeacherConfig(RerankConfig):
 
     def validate(self) -> TeacherConfig:
         super().validate()
+        if self.reuse:
+            raise ConfigError("reuse (--reuse) does not apply to a teacher dataset: every pair is scored")
         if self.group_rows is not None:
             raise ConfigError("group_rows (--group-rows) does not apply to a teacher dataset: it is written in one "
                               "pass, without resume groups")
@@ -273,7 +275,7 @@ def add_teacher_arguments(p: argparse.ArgumentParser) -> None:
 
     _add_rerank_arguments(p)
     for action in p._actions:
-        if action.dest in ("top_k", "group_rows"):
+        if action.dest in ("top_k", "reuse", "group_rows"):
             action.help = argparse.SUPPRESS  # accepted by the parser, refused in teacher_config / validate
         elif action.dest == "output":
             action.help = f"output folder: {DATA}/ (the dataset), {REJECTS}/, {mf.SUCCESS}"
@@ -287,18 +289,11 @@ def add_teacher_arguments(p: argparse.ArgumentParser) -> None:
 
 def teacher_config(args: argparse.Namespace) -> TeacherConfig:
     """The config file (if any) with the flags given on the command line applied on top, validated."""
+    from ettin_batch.cli import rerank_config
+
     if args.top_k is not None:
         raise ConfigError("--top-k does not apply to a teacher dataset (every pair is written)")
-    config = TeacherConfig.from_file(args.config) if args.config else TeacherConfig()
-    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TeacherConfig)
-               if f.name not in ("columns", "top_k") and getattr(args, f.name, None) is not None}
-    columns = {role: getattr(args, flag.lstrip("-").replace("-", "_")) for role, flag in COLUMN_FLAGS.items()}
-    columns = {role: name for role, name in columns.items() if name}
-    if columns:
-        changes["columns"] = dataclasses.replace(config.columns, **columns)
-    config = config.replace(**changes)
-    today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-    return config.replace(output=config.output.replace("{date}", today)).validate()
+    return rerank_config(args, TeacherConfig)
 
 
 def run_teacher(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ettin_batch.pipeline.reuse import FINGERPRINT_COL, add_fingerprints, reused_mask
+
 
 REJECT_REASON_COL = "reason"
 # Checked in this order; a row with several problems lists them all, joined by "; ".
@@ -48,6 +50,12 @@ def _write_rejects(rejects: pa.Table, rejects_dir: str, filesystem: pafs.FileSys
     pq.write_table(rejects, f"{rejects_dir}/rejects-{digest.hexdigest()[:20]}.parquet", filesystem=filesystem)
 
 
+def _with_reasons(rows: pa.Table, reasons: list[str]) -> pa.Table:
+    # Rejects hold the input row (canonical names) and why, whatever stage the batch was at.
+    rows = rows.drop_columns([c for c in (FINGERPRINT_COL, "score") if c in rows.column_names])
+    return rows.append_column(REJECT_REASON_COL, pa.array(reasons, pa.string()))
+
+
 @dataclass(frozen=True)
 class RejectsDir:
     """Where a stage sets aside the rows it cannot score; pickles to Ray workers with its filesystem."""
@@ -55,9 +63,10 @@ class RejectsDir:
     path: str
     filesystem: pafs.FileSystem
 
-    def write(self, rejects: pa.Table) -> None:
-        """One Parquet file named after its rows (see _write_rejects): a retried batch overwrites it."""
-        _write_rejects(rejects, self.path, self.filesystem)
+    def write(self, rows: pa.Table, reasons: list[str]) -> None:
+        """`rows` (canonical names) with their `reason`, as one Parquet file named after its rows
+        (see _write_rejects): a retried batch overwrites it."""
+        _write_rejects(_with_reasons(rows, reasons), self.path, self.filesystem)
 
 
 def _row_problem(batch: pa.Table, i: int, tokenizer) -> str | None:
@@ -82,26 +91,40 @@ def _tokenize(batch: pa.Table, tokenizer):
 
 
 def tokenize_batch(batch: pa.Table, *, model: str, revision: str | None, max_length: int,
-                   rename: dict[str, str], rejects_dir: str, filesystem: pafs.FileSystem) -> pa.Table:
+                   rename: dict[str, str], rejects_dir: str, filesystem: pafs.FileSystem,
+                   fingerprint_header: bytes | None = None, schema: pa.Schema | None = None) -> pa.Table:
     """One Ray batch in (input column names), tokenized pairs out (canonical names, no texts).
 
     Rows with a null id or text, and rows the tokenizer cannot take (a text that is not valid
     UTF-8, or anything else it raises on), are written to `rejects_dir` with a `reason` column
     and dropped; the rest of the batch goes on. The batch is tokenized in one call; only when
     that raises is it retried row by row, to find the rows at fault.
+
+    With `fingerprint_header`, each pair gets its fingerprint (see reuse.py). In a `--reuse` run the batch arrives from the
+    join, already renamed, fingerprinted and with a `score` column: rows that have a score keep
+    it and skip the tokenizer (their token columns are null); `schema` restores the column types
+    the join changed (e.g. string -> large_string), so the output equals a full run's.
     """
     batch = batch.rename_columns([rename.get(n, n) for n in batch.column_names])
-    tokenizer = _tokenizer(model, revision, max_length)
+    if schema is not None:
+        batch = batch.cast(pa.schema([schema.field(n) if n in schema.names else batch.schema.field(n)
+                                      for n in batch.column_names]))
     bad, reasons = reject_reasons(batch)
-    rejected = [batch.filter(pa.array(bad)).append_column(REJECT_REASON_COL, pa.array(reasons, pa.string()))]
+    rejected = [_with_reasons(batch.filter(pa.array(bad)), reasons)]
     batch = batch.filter(pa.array(~bad))
+    if fingerprint_header is not None and FINGERPRINT_COL not in batch.column_names:
+        batch = add_fingerprints(batch, header=fingerprint_header)
+    reused = reused_mask(batch)
+    kept = None
+    if reused is not None:
+        kept, batch = batch.filter(reused), batch.filter(pc.invert(reused))
+    tokenizer = _tokenizer(model, revision, max_length)
     try:
         pairs = _tokenize(batch, tokenizer)
     except Exception:  # noqa: BLE001 - find the rows at fault; the others are scored
         problems = [_row_problem(batch, i, tokenizer) for i in range(batch.num_rows)]
         poisoned = np.array([p is not None for p in problems], bool)
-        rejected.append(batch.filter(pa.array(poisoned)).append_column(
-            REJECT_REASON_COL, pa.array([p for p in problems if p is not None], pa.string())))
+        rejected.append(_with_reasons(batch.filter(pa.array(poisoned)), [p for p in problems if p is not None]))
         batch = batch.filter(pa.array(~poisoned))
         pairs = _tokenize(batch, tokenizer)
     rejects = pa.concat_tables(rejected)
@@ -110,4 +133,9 @@ def tokenize_batch(batch: pa.Table, *, model: str, revision: str | None, max_len
     out = batch.drop_columns(["query", "document"])
     for name, column in pairs.to_arrow().items():
         out = out.append_column(name, column)
+    if kept is not None and kept.num_rows:
+        kept = kept.drop_columns(["query", "document"])
+        for field in out.schema.names[kept.num_columns:]:
+            kept = kept.append_column(out.schema.field(field), pa.nulls(kept.num_rows, out.schema.field(field).type))
+        out = pa.concat_tables([out, kept])
     return out

@@ -3,7 +3,12 @@
 The top-k of a union is the top-k of the parts' top-ks, so each block keeps only its own
 k best rows per query (`partial_topk`, no data movement), and only those rows are grouped
 by query_id for the final cut (`final_topk`). A query spread over many files still gets
-its exact top-k. Order: score descending, then doc_id ascending, so ties are deterministic.
+its exact top-k.
+
+Order: score descending, then doc_id descending in byte order (integer ids compared as their
+decimal text), which is how trec_eval / pytrec_eval rank a run. So topk/ holds exactly the
+first k documents `ettin-batch eval` sees in scores/, and evaluating topk/ at a depth <= k
+gives the same numbers as evaluating scores/, even when the k-th place is a tie.
 """
 
 from __future__ import annotations
@@ -12,7 +17,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SORT_KEYS = [("query_id", "ascending"), ("score", "descending"), ("doc_id", "ascending")]
+_TIE_KEY = "_doc_id_text"  # doc_id as trec_eval compares it (strcmp), only while sorting
+
+
+def trec_sort_indices(table: pa.Table) -> pa.Array:
+    """Row order: query_id ascending (to group), score descending, doc_id descending as text (trec_eval's tie-break)."""
+    doc_id = table.column("doc_id")
+    if not (pa.types.is_string(doc_id.type) or pa.types.is_large_string(doc_id.type)):
+        # trec_eval sees ids as text: "10" sorts below "9", so an int64 doc_id is compared as its decimal text.
+        table = table.append_column(_TIE_KEY, pc.cast(doc_id, pa.string()))
+        tie = _TIE_KEY
+    else:
+        tie = "doc_id"
+    return pc.sort_indices(table, sort_keys=[("query_id", "ascending"), ("score", "descending"), (tie, "descending")])
 
 
 def best_k(table: pa.Table, k: int) -> tuple[pa.Table, np.ndarray]:
@@ -20,7 +37,7 @@ def best_k(table: pa.Table, k: int) -> tuple[pa.Table, np.ndarray]:
     query_id then rank; and their ranks (int32, 1 = best)."""
     if table.num_rows == 0:
         return table, np.zeros(0, np.int32)
-    table = table.take(pc.sort_indices(table, sort_keys=SORT_KEYS))
+    table = table.take(trec_sort_indices(table))
     qid = table.column("query_id").combine_chunks()
     new_group = np.ones(table.num_rows, bool)
     if table.num_rows > 1:

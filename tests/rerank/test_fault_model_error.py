@@ -37,7 +37,7 @@ def _poisoned(n: int, poisoned_at: tuple[int, ...], seed: int = 0) -> pa.Table:
 
 
 def _no_stats():
-    ignore = SimpleNamespace(remote=lambda *args: None)
+    ignore = SimpleNamespace(remote=lambda *args, **kwargs: None)
     return SimpleNamespace(add=ignore, set_info=ignore)
 
 

@@ -55,9 +55,17 @@ def test_a_batch_without_problems_writes_no_rejects(tmp_path):
     assert not (tmp_path / "rejects").exists()
 
 
-def test_final_topk_ranks_by_score_then_doc_id():
+def test_final_topk_ranks_by_score_then_doc_id_descending_as_trec_eval_does():
     group = pa.table({"query_id": ["q"] * 4, "doc_id": ["d3", "d1", "d2", "d0"],
                       "score": pa.array([0.5, 0.9, 0.5, 0.1], pa.float32())})
     top = final_topk(group, k=3)
     assert top.column_names == ["query_id", "rank", "doc_id", "score"]
-    assert top["doc_id"].to_pylist() == ["d1", "d2", "d3"] and top["rank"].to_pylist() == [1, 2, 3]
+    assert top["doc_id"].to_pylist() == ["d1", "d3", "d2"] and top["rank"].to_pylist() == [1, 2, 3]
+
+
+def test_final_topk_compares_integer_doc_ids_as_text_like_trec_eval():
+    # trec_eval reads ids as text: at a tie "9" ranks above "10" (strcmp), not below it.
+    group = pa.table({"query_id": [1, 1, 1], "doc_id": pa.array([10, 9, 2], pa.int64()),
+                      "score": pa.array([0.5, 0.5, 0.1], pa.float32())})
+    top = final_topk(group, k=2)
+    assert top["doc_id"].to_pylist() == [9, 10] and top.schema.field("doc_id").type == pa.int64()

@@ -57,3 +57,20 @@ def test_shards_that_disagree_on_a_column_type_are_named(tmp_path):
     pq.write_table(GOOD.set_column(0, "query_id", pa.array([1], pa.int64())), tmp_path / "b.parquet")
     with pytest.raises(InputError, match="b.parquet"):
         rerank(RerankConfig(input=[str(tmp_path)], output=str(tmp_path / "out"), model=TINY))
+
+
+def test_a_failed_run_names_the_exception_the_stage_raised(ray_session, tmp_path):
+    # Ray Data wraps a UDF's exception in UserCodeException, whose own message is only a retry hint.
+    import ray
+
+    from ettin_batch import storage
+    from ettin_batch.pipeline.job import _failure_message
+
+    def broken(batch):
+        raise ValueError("row 7 has no document bytes")
+
+    with pytest.raises(Exception) as caught:
+        ray.data.range(4).map_batches(broken, batch_format="pyarrow").materialize()
+    message = _failure_message(caught.value, storage.resolve(str(tmp_path)))
+    assert "ValueError: row 7 has no document bytes" in message
+    assert "_SUCCESS.json was not written" in message

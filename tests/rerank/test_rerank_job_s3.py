@@ -97,12 +97,12 @@ def test_each_score_equals_the_engine_scoring_that_pair_alone(job, reference_rer
         assert got[key] == pytest.approx(value, abs=1e-5), key
 
 
-def test_topk_is_the_k_best_of_the_written_scores_ties_by_doc_id(job):
+def test_topk_is_the_k_best_of_the_written_scores_ties_by_doc_id_descending(job):
     scores = job["scores"].select(["query_id", "doc_id", "score"])
     expected = []
     for qid in sorted(set(scores["query_id"].to_pylist())):
         rows = [r for r in scores.to_pylist() if r["query_id"] == qid]
-        rows.sort(key=lambda r: (-r["score"], r["doc_id"]))
+        rows.sort(key=lambda r: (r["score"], r["doc_id"].encode()), reverse=True)  # trec_eval's order
         expected += [(qid, rank, r["doc_id"], r["score"]) for rank, r in enumerate(rows[:K], start=1)]
     topk = job["topk"]
     assert topk.column_names == ["query_id", "rank", "doc_id", "score"]
@@ -115,7 +115,7 @@ def test_a_query_split_across_two_shards_gets_one_topk_over_all_its_candidates(j
     assert sorted(split["rank"].to_pylist()) == list(range(1, K + 1))
     all_split = job["scores"].filter(pa.compute.equal(job["scores"]["query_id"], "q-split"))
     assert all_split.num_rows == 10
-    best = sorted(all_split.to_pylist(), key=lambda r: (-r["score"], r["doc_id"]))[:K]
+    best = sorted(all_split.to_pylist(), key=lambda r: (r["score"], r["doc_id"].encode()), reverse=True)[:K]
     assert split.sort_by("rank")["doc_id"].to_pylist() == [r["doc_id"] for r in best]
 
 
@@ -190,5 +190,20 @@ def test_a_run_where_every_row_is_rejected_still_completes(tmp_path, ray_session
     result = rerank(RerankConfig(input=[str(tmp_path / "part-0.parquet")], output=str(tmp_path / "out"),
                                  model=TINY, progress=False))
     assert result.counts["scored"] == 0 and result.counts["rejected"] == 2
-    assert pq.read_table(tmp_path / "out" / "scores").column_names == ["query_id", "doc_id", "lang", "score"]
+    assert pq.read_table(tmp_path / "out" / "scores").column_names == ["query_id", "doc_id", "lang", "pair_fingerprint", "score"]
     assert pq.read_table(tmp_path / "out" / "topk").num_rows == 0
+
+
+def test_topk_on_ray_data_equals_the_cut_in_the_driver(job, s3, monkeypatch):
+    # Small runs cut top-k in the driver (TOPK_IN_DRIVER_ROWS); large ones on Ray Data: same result.
+    from ettin_batch import storage
+    from ettin_batch.pipeline import job as job_module
+
+    s3.copy("ettin-out/reranked/run-1/scores", "ettin-out/reranked/topk-on-ray/scores", recursive=True)
+    monkeypatch.setattr(job_module, "TOPK_IN_DRIVER_ROWS", 0)
+    config = RerankConfig(input=["unused"], output="s3://ettin-out/reranked/topk-on-ray/", model=TINY, top_k=K)
+    job_module._topk(config, None, storage.resolve(config.output), job["manifest"]["counts"]["scored"])
+    on_ray = read_parquet_folder(s3, "ettin-out/reranked/topk-on-ray/topk")
+    rows = lambda t: sorted(zip(*(t[c].to_pylist() for c in ("query_id", "rank", "doc_id", "score"))))  # noqa: E731
+    assert on_ray.num_rows == job["topk"].num_rows > 0
+    assert rows(on_ray) == rows(job["topk"])

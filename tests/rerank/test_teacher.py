@@ -170,11 +170,13 @@ def test_rows_per_file_must_be_a_positive_integer():
         TeacherConfig(input=["x"], output="y", model=TINY, rows_per_file=0).validate()
 
 
-def test_teacher_command_refuses_top_k_and_bad_rows_per_file(tmp_path, capsys):
+def test_teacher_command_refuses_top_k_reuse_and_bad_rows_per_file(tmp_path, capsys):
     pq.write_table(SCHEMA.empty_table(), tmp_path / "part-0.parquet")
     base = ["teacher", "--input", str(tmp_path), "--output", str(tmp_path / "out"), "--model", TINY]
     assert main([*base, "--top-k", "3"]) == 2
     assert "--top-k" in capsys.readouterr().err
+    assert main([*base, "--reuse", str(tmp_path / "previous")]) == 2
+    assert "--reuse" in capsys.readouterr().err
     assert main([*base, "--rows-per-file", "-1"]) == 2
     assert "rows_per_file=-1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
