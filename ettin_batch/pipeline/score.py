@@ -125,9 +125,12 @@ class ScorePairs:
     def _score(self, pairs) -> np.ndarray:
         start, splits = self._time(), self.reranker.stats["oom_splits"]
         scores = self.reranker.score_tokens(pairs)
-        self.stats.add.remote(len(pairs), int(pairs.offsets[-1]), pairs.num_truncated, self._time() - start,
-                              oom_splits=self.reranker.stats["oom_splits"] - splits)
+        self._record(pairs, start, splits)
         return scores
+
+    def _record(self, pairs, start: float, splits_before: int) -> None:
+        self.stats.add.remote(len(pairs), int(pairs.offsets[-1]), pairs.num_truncated, self._time() - start,
+                              oom_splits=self.reranker.stats["oom_splits"] - splits_before)
 
     def _score_finding_faults(self, pairs) -> tuple[np.ndarray, dict[int, str]]:
         """Scores (float32 [n], 0 for refused rows) and, by row, why the model failed on it.
@@ -142,8 +145,10 @@ class ScorePairs:
         todo, error = [np.arange(len(pairs))], None
         while todo:
             index = todo.pop()
-            try:
-                scores[index] = self._score(pairs if len(index) == len(pairs) else pairs.take(index))
+            part = pairs if len(index) == len(pairs) else pairs.take(index)
+            start, splits = self._time(), self.reranker.stats["oom_splits"]
+            try:  # only the model call: an error anywhere else says nothing about the rows
+                scores[index] = self.reranker.score_tokens(part)
             except self._not_row_faults:
                 raise
             except Exception as e:  # noqa: BLE001 - whatever the model raises on a row is that row's reason
@@ -153,6 +158,8 @@ class ScorePairs:
                 else:
                     half = len(index) // 2
                     todo += [index[half:], index[:half]]
+                continue
+            self._record(part, start, splits)
         if len(refused) == len(pairs) > 1:
             raise RuntimeError(f"the model failed on each of the {len(pairs)} pairs of a batch on its own: "
                                "the model or the device is broken, not the rows") from error

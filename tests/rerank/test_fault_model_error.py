@@ -74,6 +74,23 @@ def test_a_batch_where_every_pair_fails_alone_fails_instead_of_rejecting_everyth
     assert not (tmp_path / "rejects").exists()
 
 
+def test_an_error_outside_the_model_call_is_not_blamed_on_the_rows(tmp_path, model):
+    fs = pafs.LocalFileSystem()
+    tokenized = tokenize_batch(_poisoned(4, ()), model=model, revision=None, max_length=512, rename={},
+                               rejects_dir=str(tmp_path / "tokenizer-rejects"), filesystem=fs)
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("the stats actor is gone")
+
+    stats = SimpleNamespace(add=SimpleNamespace(remote=broken), set_info=SimpleNamespace(remote=lambda info: None))
+    step = ScorePairs(model=model, revision=None, dtype="float32", max_length=512, max_tokens_per_batch=None,
+                      attention="auto", device="cpu", threads=None, stats=stats,
+                      rejects=RejectsDir(str(tmp_path / "rejects"), fs))
+    with pytest.raises(ConnectionError):
+        step(tokenized)
+    assert not (tmp_path / "rejects").exists()
+
+
 def test_a_job_with_rows_the_model_raises_on_scores_the_rest_and_rejects_them(tmp_path, ray_session, model):
     clean = make_shards(files=1, pairs_per_file=30, seed=1)[0]
     clean = clean.set_column(0, "query_id", pa.array([f"clean-{q}" for q in clean["query_id"].to_pylist()]))
