@@ -59,7 +59,8 @@ def run_job(data: str, out: str, model: str, batch_size: int) -> dict:
     cmd = [sys.executable, "-m", "ettin_batch.cli", "rerank", "--input", data, "--output", out, "--model", model,
            "--batch-size", str(batch_size), "--overwrite", "--no-progress", "--gpus-per-actor", "0"]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=sys.stderr)
+    # Workers at niceness 0 like the driver (Ray starts them at 15): see bench_rerank_overhead.py.
+    proc = subprocess.Popen(cmd, stdout=sys.stderr, env={**os.environ, "RAY_worker_niceness": "0"})
     peak = [0]
 
     def sample():
