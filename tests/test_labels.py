@@ -223,6 +223,12 @@ def test_ids_that_trec_qrels_cannot_hold_are_an_error(tmp_path, doc_id):
         backfill_labels(path, str(tmp_path / "labels"), thresholds="0")
 
 
+def test_a_null_id_is_an_error_not_a_missing_qrels_line(tmp_path):
+    path = write_scores(tmp_path / "scores", ["q", "q"], pa.array(["ok", None]), [1.0, 2.0], n_files=1)
+    with pytest.raises(TrecInputError, match="1 doc_id\\(s\\) are null"):
+        backfill_labels(path, str(tmp_path / "labels"), thresholds="0")
+
+
 def test_a_non_numeric_score_column_is_an_error(tmp_path):
     (tmp_path / "scores").mkdir()
     pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["a"], "score": ["9.1"]}), tmp_path / "scores" / "part-0.parquet")
