@@ -114,6 +114,29 @@ def test_top_n_with_a_pair_scored_twice_is_an_error(tmp_path):
         backfill_labels(path, str(tmp_path / "labels"), top_n_relevant=1)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_per_block_candidates_and_one_cutoff_per_query_select_the_same_top_n_as_trec_order(seed):
+    """The Ray path's arithmetic, run here without Ray: blocks cut alone, cutoffs from the union."""
+    from ettin_batch.pipeline.top_n_labels import block_candidates, query_cutoffs, relevant_mask
+
+    rng = np.random.default_rng(seed)
+    n_rows, n = 2000, int(rng.integers(1, 8))
+    table = pa.table({"query_id": rng.integers(0, 80, n_rows), "doc_id": rng.permutation(n_rows),
+                      "score": pa.array(rng.choice([0.0, 0.5, 1.0], n_rows), pa.float32())})
+    blocks = np.array_split(rng.permutation(n_rows), int(rng.integers(1, 6)))
+    candidates = pa.concat_tables([block_candidates(table.take(pa.array(b)), n=n) for b in blocks])
+    cutoffs = query_cutoffs(candidates, n=n)
+    got = relevant_mask(table["query_id"], table["doc_id"], table["score"], cutoffs)
+
+    keys = pa.table({"query_id": trec.ids_as_strings(table["query_id"]), "doc_id": trec.ids_as_strings(table["doc_id"]),
+                     "score": table["score"], "row": np.arange(n_rows)})
+    ordered, ranks = trec.trec_order(keys)
+    want = np.zeros(n_rows, bool)
+    want[ordered["row"].to_numpy()] = ranks < n
+    assert np.array_equal(got, want)
+    assert cutoffs["min_score"].to_pylist() and min(cutoffs["min_score"].to_pylist()) == 0.0
+
+
 @pytest.mark.parametrize("n", [0, -1, 1.5])
 def test_top_n_must_be_a_positive_integer(tmp_path, n):
     path = write_scores(tmp_path / "scores", ["q"], ["d"], [1.0], n_files=1)
