@@ -16,17 +16,17 @@ has one row per query, N times smaller than the relevant (query_id, doc_id) set.
 every pair to it would hash-shuffle all N pairs (the whole input through the object store);
 instead the table is broadcast and each block looks its queries up locally, so the second
 read moves nothing between workers. Its cost: each block builds a hash of the table
-(pc.index_in, about 0.5 s per million queries), and every node holds it in its object
-store (about 40 bytes a query for short ids).
+(pc.index_in, about 1 s per million queries on the 2-core VM), and every node holds it in
+its object store (about 40 bytes a query for short ids).
 
 The worst row of each query in each block rides along with the candidates so that the
 cutoffs also give the score range for the histogram's bins, without a third read.
 
 Duplicate (query_id, doc_id) pairs are an error when they share a block, when both copies
-are candidates (any duplicate that would take a top-N place is one), or when they make a
-query's relevant count differ from min(N, its rows). A pair repeated in two blocks, neither
-copy among its block's N best, is not seen: finding it would take the full shuffle this
-plan avoids.
+are candidates (an extra copy that would take a top-N place always is), or when they make a
+query's relevant count differ from min(N, its rows). A copy in another block and below that
+block's N best is not seen, and gets its own label (0, even when the other copy's is 1):
+finding it would take the full shuffle this plan avoids.
 """
 
 from __future__ import annotations
