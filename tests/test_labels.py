@@ -137,6 +137,13 @@ def test_per_block_candidates_and_one_cutoff_per_query_select_the_same_top_n_as_
     assert cutoffs["min_score"].to_pylist() and min(cutoffs["min_score"].to_pylist()) == 0.0
 
 
+def test_a_block_with_a_null_id_is_refused_before_it_reaches_the_shuffle():
+    from ettin_batch.pipeline.top_n_labels import TopNError, block_candidates
+
+    with pytest.raises(TopNError, match="1 row\\(s\\) have a null query_id"):
+        block_candidates(pa.table({"query_id": ["q", None], "doc_id": ["a", "b"], "score": [1.0, 2.0]}), n=1)
+
+
 @pytest.mark.parametrize("n", [0, -1, 1.5])
 def test_top_n_must_be_a_positive_integer(tmp_path, n):
     path = write_scores(tmp_path / "scores", ["q"], ["d"], [1.0], n_files=1)

@@ -54,6 +54,10 @@ def _canonical(batch: pa.Table, score_col: str) -> pa.Table:
 
 
 def _check_block(table: pa.Table) -> None:
+    for col in ("query_id", "doc_id"):  # a null key would be grouped and compared silently
+        if table.column(col).null_count:
+            raise TopNError(f"{table.column(col).null_count} row(s) have a null {col} (counted in one block of "
+                            "the input); TREC qrels cannot hold them, drop them before labelling")
     scores = pc.cast(table.column("score"), pa.float64()).to_numpy(zero_copy_only=False)  # null -> NaN
     bad = int(np.count_nonzero(~np.isfinite(scores)))
     if bad:
