@@ -7,10 +7,13 @@ Why wrap pytrec_eval instead of computing the metrics here: the contract is
 keep that true for every metric, tie and empty query, now and after the next
 trec_eval fix, is to let the reference compute it. Its cost is building
 {query: {doc: score}} dicts, which we bound by reading only the id and score
-columns and keeping only judged queries: evaluation is limited by the size of
-the qrels, not of the run (7M run rows, 6k judged queries: about 9 s on 2 CPU
-cores, of which pytrec_eval itself is 2.6 s). Everything around the metric
-(reading, validation, the mrr@k cut, averaging, the baseline) is Arrow and numpy.
+columns, keeping only judged queries, and handing pytrec_eval a chunk of whole
+queries at a time (EVAL_CHUNK_PAIRS run pairs), so the dicts of one chunk are
+alive, not the run's. It runs in one process: 1 to 2 s per million run pairs, and
+80 bytes a pair with N judged per query, 240 when every pair is judged (2-core VM,
+see the README), so 100M pairs need 8 to 25 GB of memory, not a cluster.
+Everything around the metric (reading, validation, the mrr@k cut, averaging, the
+baseline) is Arrow and numpy.
 
 Semantics, all inherited from pytrec_eval / trec_eval and reported as warnings:
 - documents are ranked by score descending, ties by doc_id descending (byte order);
@@ -260,36 +263,69 @@ def _qrels_dict(qrels: pa.Table) -> dict[str, dict[str, int]]:
 
 
 def _run_dict(run: pa.Table, score_col: str) -> dict[str, dict[str, float]]:
+    """{query: {doc: score}}; a doc_id seen twice in a query collapses to one entry (see `_score`)."""
     table = run.take(pc.sort_indices(run, sort_keys=[("query_id", "ascending")]))
     starts = trec.group_starts(table["query_id"])
     qids = table["query_id"].to_pylist()
     docs = table["doc_id"].to_pylist()
     scores = table[score_col].to_pylist()
-    out = {qids[s]: dict(zip(docs[s:e], scores[s:e])) for s, e in zip(starts[:-1].tolist(), starts[1:].tolist())}
-    # A doc_id seen twice in a query collapses to one dict entry (the last score wins in
-    # pytrec_eval), so fewer entries than rows means duplicates: cheaper than a group_by up front.
-    if sum(map(len, out.values())) != table.num_rows:
-        raise _duplicates_error(table)
-    return out
+    return {qids[s]: dict(zip(docs[s:e], scores[s:e])) for s, e in zip(starts[:-1].tolist(), starts[1:].tolist())}
 
 
-def _score(
-    qrels_dict: dict[str, dict[str, int]], run: pa.Table, score_col: str, metrics: list[Metric]
-) -> tuple[dict[str, float], int]:
+# pytrec_eval takes Python dicts, which cost about 300 bytes a run pair and as much again a
+# judgment (README: 570 bytes a pair with every pair judged, all dicts alive at once). Queries
+# are scored independently, so they go to pytrec_eval in chunks of whole queries, about this
+# many run pairs each, and only one chunk's dicts are alive: memory is then the Arrow columns
+# (about 100 bytes a pair) plus one chunk.
+EVAL_CHUNK_PAIRS = 1_000_000
+
+
+def _query_chunks(judged: pa.Table, run: pa.Table, chunk_pairs: int):
+    """(qrels, run) of consecutive groups of whole queries, about `chunk_pairs` run rows each.
+
+    Every query of `judged` must be in `run` (evaluate keeps only the queries in both).
+    """
+    qids = pc.unique(run["query_id"])
+    run_code = pc.index_in(run["query_id"], value_set=qids).to_numpy(zero_copy_only=False)
+    qrels_code = pc.index_in(judged["query_id"], value_set=qids).to_numpy(zero_copy_only=False)
+    run_order, qrels_order = np.argsort(run_code, kind="stable"), np.argsort(qrels_code, kind="stable")
+    run_code, qrels_code = run_code[run_order], qrels_code[qrels_order]
+    rows_through = np.cumsum(np.bincount(run_code, minlength=len(qids)))
+    # a chunk ends after the query whose rows cross the next multiple of chunk_pairs
+    cuts = np.searchsorted(rows_through, np.arange(chunk_pairs, rows_through[-1], chunk_pairs)) + 1
+    bounds = np.unique(np.concatenate([[0], cuts, [len(qids)]]))
+    for first, end in zip(bounds[:-1], bounds[1:]):
+        r0, r1 = np.searchsorted(run_code, [first, end])
+        q0, q1 = np.searchsorted(qrels_code, [first, end])
+        yield judged.take(qrels_order[q0:q1]), run.take(run_order[r0:r1])
+
+
+def _score(judged: pa.Table, run: pa.Table, score_col: str, metrics: list[Metric]) -> tuple[dict[str, float], int]:
     """Mean of each metric over the queries pytrec_eval evaluates, and their count."""
     import pytrec_eval
 
-    evaluator = pytrec_eval.RelevanceEvaluator(qrels_dict, {m.measure for m in metrics})
-    per_query = evaluator.evaluate(_run_dict(run, score_col))
-    means = {}
+    measures = {m.measure for m in metrics}
+    values: dict[str, list[np.ndarray]] = {m.name: [] for m in metrics}
+    for qrels_part, run_part in _query_chunks(judged, run, EVAL_CHUNK_PAIRS):
+        run_dict = _run_dict(run_part, score_col)
+        # A doc_id seen twice in a query collapses to one dict entry (the last score wins in
+        # pytrec_eval), so fewer entries than rows means duplicates: cheaper than a group_by up front.
+        if sum(map(len, run_dict.values())) != run_part.num_rows:
+            raise _duplicates_error(run)
+        per_query = pytrec_eval.RelevanceEvaluator(_qrels_dict(qrels_part), measures).evaluate(run_dict)
+        del run_dict
+        for m in metrics:
+            values[m.name].append(np.array([v[m.key] for v in per_query.values()], dtype=np.float64))
+    means, count = {}, 0
     for m in metrics:
-        values = np.array([v[m.key] for v in per_query.values()], dtype=np.float64)
+        per_query_values = np.concatenate(values[m.name])
         if m.cut is not None:
             # trec_eval's recip_rank is exactly 1.0 / rank, so "first relevant doc within k"
             # is rr >= 1.0 / k: mrr@k without a second pass over a cut run.
-            values = np.where(values >= 1.0 / m.cut, values, 0.0)
-        means[m.name] = float(values.mean())
-    return means, len(per_query)
+            per_query_values = np.where(per_query_values >= 1.0 / m.cut, per_query_values, 0.0)
+        means[m.name] = float(per_query_values.mean())
+        count = len(per_query_values)
+    return means, count
 
 
 def evaluate(
@@ -352,11 +388,10 @@ def evaluate(
             "they score 0 on every metric and count in the mean, as in pytrec_eval",
         )
 
-    qrels_dict = _qrels_dict(judged)
-    scores, n = _score(qrels_dict, table, "score", parsed)
+    scores, n = _score(judged, table, "score", parsed)
     result: dict = {"metrics": scores, "num_queries": n, "warnings": notes}
     if baseline_col:
-        base, _ = _score(qrels_dict, table, baseline_col, parsed)
+        base, _ = _score(judged, table, baseline_col, parsed)
         result["baseline"] = base
         result["delta"] = {k: scores[k] - base[k] for k in scores}
     return result

@@ -9,11 +9,16 @@ Writes into LABELS:
     score_histogram.png  scores, with the thresholds (or the relevant / not split) drawn on
     _SUCCESS.json        written last: mode, cuts, rows, grade counts, score range
 
-Runs in one process with bounded memory for thresholds (two streaming passes over
-the score column: range, then grade and write, batch by batch). --top-n-relevant
-ranks within each query and a query's rows may sit in any file, so it holds the
-id and score columns in memory (Arrow, about 30 bytes a pair for short ids); it
-does not run on Ray.
+Where it runs:
+- thresholds: one process, bounded memory (two streaming passes over the score column:
+  range, then grade and write, batch by batch).
+- --top-n-relevant, up to TOP_N_IN_PROCESS_ROWS pairs: one process, which holds the id
+  and score columns (Arrow) and sorts them; qrels and Parquet list each query best first.
+- --top-n-relevant, more pairs: Ray Data (ettin_batch.pipeline.top_n_labels): per-block
+  candidates, one cutoff row per query, then every pair compared with its query's cutoff;
+  the driver holds the cutoffs (one row per query) and streams the labelled rows into the
+  same files, in the input's order.
+Both top-N paths write the same labels, counts, histogram and _SUCCESS.json.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ettin_batch import __version__, trec
+from ettin_batch import __version__, storage, trec
 from ettin_batch.trec import TrecInputError
 
 QRELS_FILE = "qrels.txt"
@@ -37,6 +42,11 @@ PARQUET_FILE = "labels.parquet"
 HISTOGRAM_FILE = "score_histogram.png"
 SUCCESS_FILE = "_SUCCESS.json"
 HISTOGRAM_BINS = 100
+
+# Up to this many pairs, --top-n-relevant sorts them in this process: about 1 s and 220 bytes
+# a pair (1.1 GB at 4M, 4x faster than Ray there on the 2-core VM, see the README). Above, it
+# runs on Ray Data, whose driver holds one row per query and a few blocks instead of every pair.
+TOP_N_IN_PROCESS_ROWS = 4_000_000
 
 
 class LabelError(TrecInputError):
@@ -74,6 +84,7 @@ def backfill_labels(
     thresholds: Sequence[float] | str | None = None,
     top_n_relevant: int | None = None,
     score_col: str = "score",
+    address: str | None = None,
 ) -> dict:
     """Turn a scores/ output (or any Parquet with query_id, doc_id, score) into graded relevance labels.
 
@@ -86,7 +97,11 @@ def backfill_labels(
                     these labels puts exactly those N on top.
 
     scores_path and output are local paths or fsspec URLs; a job output folder
-    (holding scores/) is read from its scores/. Null or NaN scores are an error.
+    (holding scores/) is read from its scores/. Null or NaN scores are an error, and
+    so is a (query_id, doc_id) pair seen twice in a top-N run (on Ray: see
+    ettin_batch.pipeline.top_n_labels for which repeats it sees).
+    address: the Ray cluster for a top-N run over more than TOP_N_IN_PROCESS_ROWS pairs
+    (default: RAY_ADDRESS, else a local Ray; a Ray already started in this process is used).
     Returns the summary that is also written to output/_SUCCESS.json.
     """
     if (thresholds is None) == (top_n_relevant is None):
@@ -95,7 +110,7 @@ def backfill_labels(
     if top_n_relevant is not None and (isinstance(top_n_relevant, bool) or int(top_n_relevant) != top_n_relevant or top_n_relevant < 1):
         raise LabelError(f"top_n_relevant must be a positive integer, got {top_n_relevant!r}")
 
-    dataset = _scores_dataset(scores_path, score_col)
+    dataset, scores_url = _scores_dataset(scores_path, score_col)
     out_fs, out_dir = trec.url_to_fs(output)
     out_fs.makedirs(out_dir, exist_ok=True)
     names = (QRELS_FILE, PARQUET_FILE, HISTOGRAM_FILE, SUCCESS_FILE)
@@ -107,8 +122,10 @@ def backfill_labels(
 
     if cuts is not None:
         summary = _label_by_thresholds(dataset, score_col, cuts, out_fs, paths)
-    else:
+    elif dataset.count_rows() <= TOP_N_IN_PROCESS_ROWS:  # footers only
         summary = _label_top_n(dataset, score_col, int(top_n_relevant), out_fs, paths)
+    else:
+        summary = _label_top_n_on_ray(dataset, scores_url, score_col, int(top_n_relevant), out_fs, paths, address)
     summary = {
         "scores": scores_path,
         "mode": "thresholds" if cuts is not None else "top_n_relevant",
@@ -134,7 +151,7 @@ def _scores_dataset(scores_path: str, score_col: str):
     kind = dataset.schema.field(score_col).type
     if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
         raise LabelError(f"{scores_path}: column {score_col!r} must be numeric to grade, got type {kind}")
-    return dataset
+    return dataset, scores_path
 
 
 def _check_scores(scores: np.ndarray, where: str) -> None:
@@ -159,22 +176,13 @@ def _label_by_thresholds(dataset, score_col: str, cuts: list[float], fs, paths: 
     grade_counts = np.zeros(len(cuts) + 1, np.int64)
 
     # Pass 2: grade, write both formats and fill the histogram, one batch at a time.
-    writer = None
-    with fs.open(paths[QRELS_FILE], "wt") as qrels_file, fs.open(paths[PARQUET_FILE], "wb") as parquet_file:
-        try:
-            for batch in dataset.to_batches(columns=["query_id", "doc_id", score_col]):
-                scores = batch.column(2).to_numpy(zero_copy_only=False)
-                grades = grade_by_thresholds(scores, cuts)
-                labelled = _labels_table(batch.column(0), batch.column(1), grades, scores)
-                if writer is None:
-                    writer = pq.ParquetWriter(parquet_file, labelled.schema)
-                writer.write_table(labelled)
-                _write_qrels_lines(qrels_file, labelled)
-                counts += np.histogram(scores, bins=edges)[0]
-                grade_counts += np.bincount(grades, minlength=len(cuts) + 1)
-        finally:
-            if writer is not None:
-                writer.close()
+    with _LabelFiles(fs, paths) as files:
+        for batch in dataset.to_batches(columns=["query_id", "doc_id", score_col]):
+            scores = batch.column(2).to_numpy(zero_copy_only=False)
+            grades = grade_by_thresholds(scores, cuts)
+            files.write(_labels_table(batch.column(0), batch.column(1), grades, scores))
+            counts += np.histogram(scores, bins=edges)[0]
+            grade_counts += np.bincount(grades, minlength=len(cuts) + 1)
     summary = {"rows": rows, "grade_counts": {str(g): int(n) for g, n in enumerate(grade_counts)}, "score_min": lo, "score_max": hi}
     _write_histogram(fs, paths[HISTOGRAM_FILE], edges, {"all scores": counts}, cuts, summary)
     return summary
@@ -218,12 +226,106 @@ def _label_top_n(dataset, score_col: str, n: int, fs, paths: dict[str, str]) -> 
         "score_min": lo,
         "score_max": hi,
     }
-    hists = {
+    # Binned as stored (float32), like the Ray path, which sees only the labelled rows.
+    hists = _top_n_histograms(n, edges, labelled["score"].to_numpy(), grades)
+    _write_histogram(fs, paths[HISTOGRAM_FILE], edges, hists, [], summary)
+    return summary
+
+
+def _top_n_histograms(n: int, edges: np.ndarray, scores: np.ndarray, grades: np.ndarray) -> dict[str, np.ndarray]:
+    return {
         f"top {n} per query (1)": np.histogram(scores[grades == 1], bins=edges)[0],
         "rest (0)": np.histogram(scores[grades == 0], bins=edges)[0],
     }
+
+
+def _label_top_n_on_ray(dataset, scores_url: str, score_col: str, n: int, fs, paths: dict[str, str],
+                        address: str | None) -> dict:
+    """The same labels as `_label_top_n`, for inputs too large for one process (see the module docstring)."""
+    import ray
+
+    from ettin_batch.pipeline import top_n_labels as plan
+
+    files = list(dataset.files)
+    filesystem = storage.resolve(scores_url).pa_fs  # s3:// through s3fs, with its endpoint, for every worker
+    started = plan.ensure_ray(address)
+    try:
+        cutoffs = plan.collect_cutoffs(files, filesystem, n, score_col, dataset.count_rows())
+        lo, hi = pc.min(cutoffs["min_score"]).as_py(), pc.max(cutoffs["max_score"]).as_py()
+        edges = _bin_edges(lo, hi, [])
+        hists: dict[str, np.ndarray] = {}
+        grade_counts, rows = np.zeros(2, np.int64), 0
+        with _LabelFiles(fs, paths) as out:
+            for labelled in plan.labelled_batches(files, filesystem, cutoffs, score_col):
+                out.write(labelled)
+                grades = labelled["relevance"].to_numpy()
+                for name, counts in _top_n_histograms(n, edges, labelled["score"].to_numpy(), grades).items():
+                    hists[name] = hists.get(name, 0) + counts
+                grade_counts += np.bincount(grades, minlength=2)
+                rows += labelled.num_rows
+    except Exception as e:  # noqa: BLE001 - a check inside a Ray task comes back as Ray's wrapper
+        reason = _top_n_error(e)
+        if reason is None:
+            raise
+        raise LabelError(f"{scores_url}: {reason}") from e
+    finally:
+        if started:
+            ray.shutdown()
+    expected = pc.sum(cutoffs["kept"]).as_py()
+    if grade_counts[1] != expected:
+        raise LabelError(
+            f"{scores_url}: {int(grade_counts[1]) - expected} more row(s) rank in their query's top {n} than it has "
+            "places: some (query_id, doc_id) pair(s) appear more than once in the scores; "
+            "a top-N cut per query needs each pair once"
+        )
+    summary = {
+        "rows": rows,
+        "queries": cutoffs.num_rows,
+        "grade_counts": {str(g): int(c) for g, c in enumerate(grade_counts)},
+        "score_min": lo,
+        "score_max": hi,
+    }
     _write_histogram(fs, paths[HISTOGRAM_FILE], edges, hists, [], summary)
     return summary
+
+
+def _top_n_error(error: BaseException) -> str | None:
+    """The message of a TopNError raised in a Ray task: Ray Data hands back only its traceback text."""
+    import re
+
+    from ettin_batch.pipeline.top_n_labels import TopNError
+
+    if isinstance(error, TopNError):
+        return str(error)
+    found = re.findall(r"TopNError: (.+)$", str(error), re.MULTILINE)
+    return found[-1] if found else None
+
+
+class _LabelFiles:
+    """labels.parquet and qrels.txt, written batch by batch from labelled tables (see `_labels_table`)."""
+
+    def __init__(self, fs, paths: dict[str, str]):
+        self._fs, self._paths = fs, paths
+        self._writer = None
+
+    def __enter__(self) -> _LabelFiles:
+        self._qrels = self._fs.open(self._paths[QRELS_FILE], "wt")
+        self._parquet = self._fs.open(self._paths[PARQUET_FILE], "wb")
+        return self
+
+    def write(self, labelled: pa.Table) -> None:
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._parquet, labelled.schema)
+        self._writer.write_table(labelled)
+        _write_qrels_lines(self._qrels, labelled)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            self._parquet.close()
+            self._qrels.close()
 
 
 def _labels_table(query_id, doc_id, grades: np.ndarray, scores: np.ndarray) -> pa.Table:
@@ -291,13 +393,15 @@ def add_labels_arguments(p: argparse.ArgumentParser) -> None:
     rule.add_argument("--thresholds", help="increasing score cuts, e.g. 0.0,4.0,8.0 -> grades 0-3 (score == cut takes the higher grade)")
     rule.add_argument("--top-n-relevant", type=int, help="the N best documents of each query get grade 1, the rest 0")
     p.add_argument("--score-col", default="score", help="column to grade (default: %(default)s)")
+    p.add_argument("--address", help="Ray cluster for a large --top-n-relevant run (default: RAY_ADDRESS, else a local Ray)")
 
 
 def run_labels(args: argparse.Namespace) -> int:
     """Run `ettin-batch labels`; returns the exit status (2 on bad input)."""
     try:
         summary = backfill_labels(
-            args.scores, args.output, thresholds=args.thresholds, top_n_relevant=args.top_n_relevant, score_col=args.score_col
+            args.scores, args.output, thresholds=args.thresholds, top_n_relevant=args.top_n_relevant,
+            score_col=args.score_col, address=args.address,
         )
     except TrecInputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import pytrec_eval
 
+from ettin_batch import evaluation
 from ettin_batch.evaluation import (
     DEFAULT_METRICS,
     EvaluationError,
@@ -144,6 +145,25 @@ def test_baseline_equals_pytrec_eval_on_the_pass_through_column(tmp_path, seed):
     for name in ALL_METRICS:
         assert got["baseline"][name] == pytest.approx(want[name], abs=1e-6), name
         assert got["delta"][name] == pytest.approx(got["metrics"][name] - want[name], abs=1e-12)
+
+
+@pytest.mark.parametrize("chunk_pairs", [1, 150, 10**9])
+def test_scoring_queries_in_chunks_gives_pytrec_eval_numbers(monkeypatch, chunk_pairs):
+    """pytrec_eval sees a chunk of whole queries at a time (bounded memory); the means must not change."""
+    monkeypatch.setattr(evaluation, "EVAL_CHUNK_PAIRS", chunk_pairs)
+    run, qrels = random_case(11)
+    got = quiet_evaluate(run, qrels, ALL_METRICS, baseline_col="retrieval_score")
+    assert got["metrics"] == pytest.approx(reference(run, qrels, ALL_METRICS), abs=1e-6)
+    assert got["baseline"] == pytest.approx(reference(run, qrels, ALL_METRICS, score_col="retrieval_score"), abs=1e-6)
+    assert got["num_queries"] == 32  # 40 queries, minus 4 only judged and 4 only in the run
+
+
+def test_pairs_scored_twice_are_counted_over_the_whole_run_not_one_chunk(monkeypatch):
+    monkeypatch.setattr(evaluation, "EVAL_CHUNK_PAIRS", 1)
+    run = pa.table({"query_id": ["q", "q", "r", "r"], "doc_id": ["a", "a", "b", "b"], "score": [1.0, 2.0, 1.0, 1.0]})
+    qrels = pa.table({"query_id": ["q", "r"], "doc_id": ["a", "b"], "relevance": [1, 1]})
+    with pytest.raises(EvaluationError, match=r"2 \(query_id, doc_id\) pair\(s\) appear more than once"):
+        evaluate(run, qrels)
 
 
 def test_ties_are_broken_by_doc_id_descending_in_byte_order():

@@ -114,6 +114,36 @@ def test_top_n_with_a_pair_scored_twice_is_an_error(tmp_path):
         backfill_labels(path, str(tmp_path / "labels"), top_n_relevant=1)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_per_block_candidates_and_one_cutoff_per_query_select_the_same_top_n_as_trec_order(seed):
+    """The Ray path's arithmetic, run here without Ray: blocks cut alone, cutoffs from the union."""
+    from ettin_batch.pipeline.top_n_labels import block_candidates, query_cutoffs, relevant_mask
+
+    rng = np.random.default_rng(seed)
+    n_rows, n = 2000, int(rng.integers(1, 8))
+    table = pa.table({"query_id": rng.integers(0, 80, n_rows), "doc_id": rng.permutation(n_rows),
+                      "score": pa.array(rng.choice([0.0, 0.5, 1.0], n_rows), pa.float32())})
+    blocks = np.array_split(rng.permutation(n_rows), int(rng.integers(1, 6)))
+    candidates = pa.concat_tables([block_candidates(table.take(pa.array(b)), n=n) for b in blocks])
+    cutoffs = query_cutoffs(candidates, n=n)
+    got = relevant_mask(table["query_id"], table["doc_id"], table["score"], cutoffs)
+
+    keys = pa.table({"query_id": trec.ids_as_strings(table["query_id"]), "doc_id": trec.ids_as_strings(table["doc_id"]),
+                     "score": table["score"], "row": np.arange(n_rows)})
+    ordered, ranks = trec.trec_order(keys)
+    want = np.zeros(n_rows, bool)
+    want[ordered["row"].to_numpy()] = ranks < n
+    assert np.array_equal(got, want)
+    assert cutoffs["min_score"].to_pylist() and min(cutoffs["min_score"].to_pylist()) == 0.0
+
+
+def test_a_block_with_a_null_id_is_refused_before_it_reaches_the_shuffle():
+    from ettin_batch.pipeline.top_n_labels import TopNError, block_candidates
+
+    with pytest.raises(TopNError, match="1 row\\(s\\) have a null query_id"):
+        block_candidates(pa.table({"query_id": ["q", None], "doc_id": ["a", "b"], "score": [1.0, 2.0]}), n=1)
+
+
 @pytest.mark.parametrize("n", [0, -1, 1.5])
 def test_top_n_must_be_a_positive_integer(tmp_path, n):
     path = write_scores(tmp_path / "scores", ["q"], ["d"], [1.0], n_files=1)
@@ -220,6 +250,12 @@ def test_a_missing_score_column_is_an_error_listing_the_columns(tmp_path):
 def test_ids_that_trec_qrels_cannot_hold_are_an_error(tmp_path, doc_id):
     path = write_scores(tmp_path / "scores", ["q", "q"], ["ok", doc_id], [1.0, 2.0], n_files=1)
     with pytest.raises(TrecInputError, match="1 doc_id\\(s\\) are empty or contain whitespace"):
+        backfill_labels(path, str(tmp_path / "labels"), thresholds="0")
+
+
+def test_a_null_id_is_an_error_not_a_missing_qrels_line(tmp_path):
+    path = write_scores(tmp_path / "scores", ["q", "q"], pa.array(["ok", None]), [1.0, 2.0], n_files=1)
+    with pytest.raises(TrecInputError, match="1 doc_id\\(s\\) are null"):
         backfill_labels(path, str(tmp_path / "labels"), thresholds="0")
 
 
