@@ -340,7 +340,8 @@ def rerank(config: RerankConfig) -> mf.RunResult:
         try:
             previous_scores = None
             if previous is not None and previous.matches(settings):
-                previous_scores = reuse.previous_scores(previous)
+                to_score = sum(1 for g in groups if g.key not in done and g.files)
+                previous_scores = reuse.previous_scores(previous, shared=to_score > 1)
             for group in groups:
                 if group.key in done:
                     continue

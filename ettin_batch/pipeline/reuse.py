@@ -126,8 +126,13 @@ def open_previous(reuse: str, output: storage.Location, *, s3_max_attempts: int 
     return Previous(prev, storage.read_json(prev, success))
 
 
-def previous_scores(prev: Previous):
-    """The previous run's (fingerprint, score), one row per fingerprint, materialized for every group's join."""
+def previous_scores(prev: Previous, *, shared: bool):
+    """The previous run's (fingerprint, score), one row per fingerprint.
+
+    `shared`: several groups will join against it, so it is computed once and kept in the object
+    store (20 bytes a pair); for one group it stays lazy and runs inside that group's plan, which
+    saves starting a separate execution.
+    """
     import ray
     from ray.data.aggregate import Max
 
@@ -135,8 +140,9 @@ def previous_scores(prev: Previous):
     ds = ray.data.read_parquet(prev.location.join("scores"), filesystem=prev.location.pa_fs,
                                columns=[FINGERPRINT_COL, "score"])
     # Equal fingerprints mean equal texts and model, so their scores agree; max() just picks one.
-    return ds.groupby(FINGERPRINT_COL, num_partitions=max(1, min(64, math.ceil(rows / 2_000_000)))).aggregate(
-        Max("score", alias_name="score")).materialize()
+    ds = ds.groupby(FINGERPRINT_COL, num_partitions=max(1, min(64, math.ceil(rows / 2_000_000)))).aggregate(
+        Max("score", alias_name="score"))
+    return ds.materialize() if shared else ds
 
 
 def fingerprint_schema(plan) -> pa.Schema:
