@@ -516,24 +516,16 @@ def beir_config(args: argparse.Namespace) -> BeirConfig:
 
 def run_beir(args: argparse.Namespace) -> int:
     """Run `ettin-batch beir`; the exit codes of `ettin-batch rerank` (2 bad input, 3 model, 4 run failed)."""
-    from ettin_batch.cli import EXIT_FAILED, EXIT_MODEL, EXIT_USAGE
-    from ettin_batch.engine import ModelLoadError
-    from ettin_batch.pipeline.inputs import InputError
-    from ettin_batch.pipeline.job import OutputError, RunFailed
+    from ettin_batch.cli import run_reporting_errors
 
-    try:
+    def run() -> BeirResult:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BeirWarning)  # printed once below, from the result
-            result = beir_rerank(beir_config(args))
-    except RunFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    except ModelLoadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_MODEL
-    except (ConfigError, TrecInputError, InputError, OutputError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+            return beir_rerank(beir_config(args))
+
+    code, result = run_reporting_errors(run, TrecInputError)
+    if result is None:
+        return code
     for note in result.evaluation["warnings"]:
         print(f"warning: {note}", file=sys.stderr)
     print(json.dumps(result.evaluation, indent=2) if args.json else result.summary())

@@ -14,6 +14,7 @@ import datetime
 import logging
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 from ettin_batch import __version__, beir, evaluation, labels
 from ettin_batch import submit as submit_command
@@ -23,6 +24,8 @@ from ettin_batch.pipeline import teacher
 EXIT_USAGE = 2  # bad config, input or output: fix the command
 EXIT_MODEL = 3  # the model could not be loaded (e.g. the Hub is unreachable): scripts may retry with another
 EXIT_FAILED = 4  # the run stopped part-way (e.g. the object store stayed down): rerun the same command to resume
+
+T = TypeVar("T")
 
 # name -> (add the subcommand's arguments to its parser, run it and return an exit code)
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
@@ -87,28 +90,35 @@ def rerank_config(args: argparse.Namespace, cls: type[RerankConfig] = RerankConf
     return config.replace(output=config.output.replace("{date}", today)).validate()
 
 
-def _run_rerank(args: argparse.Namespace) -> int:
+def run_reporting_errors(job: Callable[[], T], *usage_errors: type[Exception]) -> tuple[int, T | None]:
+    """Run `job`; a failure the user can act on prints `error: ...` and gives its exit code
+    (EXIT_FAILED, EXIT_MODEL or EXIT_USAGE; `usage_errors` adds a subcommand's own input errors).
+    Returns (0, the job's result) when it succeeds."""
     from ettin_batch.engine import ModelLoadError
-    from ettin_batch.pipeline import rerank
     from ettin_batch.pipeline.inputs import InputError
     from ettin_batch.pipeline.job import OutputError, RunFailed
     from ettin_batch.pipeline.reuse import ReuseError
 
     try:
-        config = rerank_config(args)
-        result = rerank(config)
+        return 0, job()
     except RunFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        error, code = e, EXIT_FAILED
     except ModelLoadError as e:
         # The engine's message already says how to pass a local folder or a random: model.
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_MODEL
-    except (ConfigError, InputError, OutputError, ReuseError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    print(result.summary())
-    return 0
+        error, code = e, EXIT_MODEL
+    except (ConfigError, InputError, OutputError, ReuseError, FileNotFoundError, *usage_errors) as e:
+        error, code = e, EXIT_USAGE
+    print(f"error: {error}", file=sys.stderr)
+    return code, None
+
+
+def _run_rerank(args: argparse.Namespace) -> int:
+    from ettin_batch.pipeline import rerank
+
+    code, result = run_reporting_errors(lambda: rerank(rerank_config(args)))
+    if result is not None:
+        print(result.summary())
+    return code
 
 
 register("rerank", "score every (query, document) pair in Parquet shards; write scores and per-query top-k",

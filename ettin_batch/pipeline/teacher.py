@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import logging
-import sys
 import time
 from dataclasses import dataclass
 
@@ -297,20 +296,9 @@ def teacher_config(args: argparse.Namespace) -> TeacherConfig:
 
 
 def run_teacher(args: argparse.Namespace) -> int:
-    from ettin_batch.cli import EXIT_FAILED, EXIT_MODEL, EXIT_USAGE
-    from ettin_batch.engine import ModelLoadError
-    from ettin_batch.pipeline.job import RunFailed
+    from ettin_batch.cli import run_reporting_errors
 
-    try:
-        result = teacher_dataset(teacher_config(args))
-    except RunFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    except ModelLoadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_MODEL
-    except (ConfigError, InputError, OutputError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    print(result.summary())
-    return 0
+    code, result = run_reporting_errors(lambda: teacher_dataset(teacher_config(args)))
+    if result is not None:
+        print(result.summary())
+    return code
