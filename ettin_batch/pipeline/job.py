@@ -233,13 +233,30 @@ def _ensure_ray(config: RerankConfig) -> bool:
     return True
 
 
+def score_stage(ds, config: RerankConfig, res: Resources, stats, rejects=None):
+    """`ds` (tokenized batches) through the scoring actor pool: one model per actor, all started
+    together; with `rejects` (a RejectsDir), pairs the model raises on go there."""
+    from ray.data import ActorPoolStrategy
+
+    from ettin_batch.pipeline.score import ScorePairs
+
+    return ds.map_batches(
+        ScorePairs, batch_format="pyarrow", batch_size=config.batch_size,
+        # min == max: every actor loads its model at the start, none waits to be scaled up.
+        compute=ActorPoolStrategy(min_size=res.actors, max_size=res.actors),
+        num_gpus=res.gpus_per_actor or None, num_cpus=res.cpus_per_actor, **ACTOR_FAULT_TOLERANCE,
+        fn_constructor_kwargs=dict(model=config.model, revision=config.revision, dtype=config.dtype,
+                                   max_length=config.max_length, max_tokens_per_batch=config.max_tokens_per_batch,
+                                   attention=config.attention, device=res.device, threads=res.threads, stats=stats,
+                                   rejects=rejects),
+    )
+
+
 def _score(config: RerankConfig, plan: InputPlan, group: Group, out: storage.Location, res: Resources,
            stats, header: bytes, previous=None) -> None:
     import ray
-    from ray.data import ActorPoolStrategy
 
     from ettin_batch.pipeline.reuse import add_fingerprints, attach_previous, fingerprint_schema
-    from ettin_batch.pipeline.score import ScorePairs
     from ettin_batch.pipeline.tokenize import RejectsDir, tokenize_batch
 
     ds = ray.data.read_parquet(group.files, filesystem=plan.location.pa_fs, columns=plan.read_columns,
@@ -256,16 +273,7 @@ def _score(config: RerankConfig, plan: InputPlan, group: Group, out: storage.Loc
                        rename=rename, rejects_dir=out.join("rejects", group.key), filesystem=out.pa_fs,
                        fingerprint_header=header, schema=schema),
     )
-    ds = ds.map_batches(
-        ScorePairs, batch_format="pyarrow", batch_size=config.batch_size,
-        # min == max: every actor loads its model at the start, none waits to be scaled up.
-        compute=ActorPoolStrategy(min_size=res.actors, max_size=res.actors),
-        num_gpus=res.gpus_per_actor or None, num_cpus=res.cpus_per_actor, **ACTOR_FAULT_TOLERANCE,
-        fn_constructor_kwargs=dict(model=config.model, revision=config.revision, dtype=config.dtype,
-                                   max_length=config.max_length, max_tokens_per_batch=config.max_tokens_per_batch,
-                                   attention=config.attention, device=res.device, threads=res.threads, stats=stats,
-                                   rejects=RejectsDir(out.join("rejects", group.key), out.pa_fs)),
-    )
+    ds = score_stage(ds, config, res, stats, rejects=RejectsDir(out.join("rejects", group.key), out.pa_fs))
     ds.write_parquet(out.join("scores", group.key), filesystem=out.pa_fs,
                      ray_remote_args={"num_cpus": res.cpus_per_task})
 

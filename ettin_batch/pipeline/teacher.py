@@ -32,7 +32,7 @@ from ettin_batch import storage
 from ettin_batch.config import ConfigError, RerankConfig
 from ettin_batch.pipeline import manifest as mf
 from ettin_batch.pipeline.inputs import InputError, InputPlan, inspect_inputs
-from ettin_batch.pipeline.job import ACTOR_FAULT_TOLERANCE, OutputError, _ensure_ray, plan_resources
+from ettin_batch.pipeline.job import OutputError, _ensure_ray, plan_resources, score_stage
 
 log = logging.getLogger("ettin_batch.pipeline.teacher")
 
@@ -177,9 +177,6 @@ def _prepare_output(config: TeacherConfig) -> storage.Location:
 
 def _write_dataset(config: TeacherConfig, plan: InputPlan, out: storage.Location, res, stats) -> None:
     import ray
-    from ray.data import ActorPoolStrategy
-
-    from ettin_batch.pipeline.score import ScorePairs
 
     ds = ray.data.read_parquet(plan.files, filesystem=plan.location.pa_fs, columns=plan.read_columns,
                                num_cpus=res.cpus_per_task)
@@ -188,15 +185,10 @@ def _write_dataset(config: TeacherConfig, plan: InputPlan, out: storage.Location
         fn_kwargs=dict(model=config.model, revision=config.revision, max_length=config.max_length,
                        rename=plan.rename, rejects_dir=out.join(REJECTS), filesystem=out.pa_fs),
     )
-    ds = ds.map_batches(
-        ScorePairs, batch_format="pyarrow", batch_size=config.batch_size,
-        compute=ActorPoolStrategy(min_size=res.actors, max_size=res.actors),
-        # The rerank job's actor restarts and batch retries: a dead actor costs a retry, never a pair.
-        num_gpus=res.gpus_per_actor or None, num_cpus=res.cpus_per_actor, **ACTOR_FAULT_TOLERANCE,
-        fn_constructor_kwargs=dict(model=config.model, revision=config.revision, dtype=config.dtype,
-                                   max_length=config.max_length, max_tokens_per_batch=config.max_tokens_per_batch,
-                                   attention=config.attention, device=res.device, threads=res.threads, stats=stats),
-    )
+    # The rerank job's actor pool, restarts and batch retries: a dead actor costs a retry, never a pair.
+    # No rejects for pairs the model raises on: such a pair fails the job (its texts ride along
+    # under private names, which a rejects file would have to restore).
+    ds = score_stage(ds, config, res, stats)
     ds = ds.map_batches(training_rows, batch_format="pyarrow", batch_size=None, num_cpus=res.cpus_per_task,
                         fn_kwargs={"passthrough": plan.passthrough})
     # strict: every block but the last holds exactly rows_per_file rows, so every file but the last does too.
