@@ -17,6 +17,28 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+def forward(handler: BaseHTTPRequestHandler, upstream: str, body: bytes) -> None:
+    """Send `handler`'s request to `upstream` (host:port) and relay the answer to its client."""
+    conn = http.client.HTTPConnection(upstream, timeout=30)
+    headers = {k: v for k, v in handler.headers.items() if k.lower() != "host"}
+    headers["Host"] = upstream
+    conn.request(handler.command, handler.path, body=body, headers=headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    handler.send_response(resp.status)
+    for k, v in resp.getheaders():
+        # A HEAD answer's Content-Length is the object's size: pass it on as it is.
+        if k.lower() not in ("transfer-encoding", "connection") and (
+                k.lower() != "content-length" or handler.command == "HEAD"):
+            handler.send_header(k, v)
+    if handler.command != "HEAD":
+        handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(data)
+
+
 class FlakyS3Proxy:
     def __init__(self, upstream: str, trigger: tuple[str, str], seconds: float | None):
         self.upstream = upstream.removeprefix("http://")
@@ -43,24 +65,7 @@ class FlakyS3Proxy:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
-                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                headers["Host"] = proxy.upstream
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    # A HEAD answer's Content-Length is the object's size: pass it on as it is.
-                    if k.lower() not in ("transfer-encoding", "connection") and (
-                            k.lower() != "content-length" or self.command == "HEAD"):
-                        self.send_header(k, v)
-                if self.command != "HEAD":
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
+                forward(self, proxy.upstream, body)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
@@ -147,23 +152,7 @@ class StoppingS3Proxy:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)  # no answer: the client sees the connection die
                     return
-                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                headers["Host"] = proxy.upstream
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                conn.close()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection") and (
-                            k.lower() != "content-length" or self.command == "HEAD"):
-                        self.send_header(k, v)
-                if self.command != "HEAD":
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                forward(self, proxy.upstream, body)
                 with proxy._lock:
                     proxy.served[(self.command, path)] += 1
 
