@@ -29,15 +29,21 @@ S3_MAX_ATTEMPTS_ENV = "ETTIN_BATCH_S3_MAX_ATTEMPTS"
 DEFAULT_S3_MAX_ATTEMPTS = 12
 
 
-def s3_max_attempts(configured: int | None = None) -> int:
-    """Attempts per object-store call: `configured` if given, else $ETTIN_BATCH_S3_MAX_ATTEMPTS, else 12."""
+def setting(configured: int | None, env: str, default: int, unit: str) -> int:
+    """A whole-number setting: `configured` (the config field) if given, else $`env` (at least 1),
+    else `default`. The variable reaches Ray workers that do not see the config."""
     if configured is not None:
         return configured
-    value = os.environ.get(S3_MAX_ATTEMPTS_ENV, "")
+    value = os.environ.get(env, "")
     try:
-        return max(1, int(value)) if value else DEFAULT_S3_MAX_ATTEMPTS
+        return max(1, int(value)) if value else default
     except ValueError:
-        raise ValueError(f"{S3_MAX_ATTEMPTS_ENV}={value!r} is not a whole number of attempts") from None
+        raise ValueError(f"{env}={value!r} is not a whole number of {unit}") from None
+
+
+def s3_max_attempts(configured: int | None = None) -> int:
+    """Attempts per object-store call: `configured` if given, else $ETTIN_BATCH_S3_MAX_ATTEMPTS, else 12."""
+    return setting(configured, S3_MAX_ATTEMPTS_ENV, DEFAULT_S3_MAX_ATTEMPTS, "attempts")
 
 
 @dataclass

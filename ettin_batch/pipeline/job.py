@@ -143,13 +143,7 @@ class Group:
 
 def group_rows(configured: int | None = None) -> int:
     """The smallest group, in rows: `configured` (config.group_rows) if given, else $ETTIN_BATCH_GROUP_ROWS, else 1M."""
-    if configured is not None:
-        return configured
-    value = os.environ.get(GROUP_ROWS_ENV, "")
-    try:
-        return max(1, int(value)) if value else DEFAULT_GROUP_ROWS
-    except ValueError:
-        raise ValueError(f"{GROUP_ROWS_ENV}={value!r} is not a whole number of rows") from None
+    return storage.setting(configured, GROUP_ROWS_ENV, DEFAULT_GROUP_ROWS, "rows")
 
 
 def shard_groups(plan: InputPlan, floor: int | None = None) -> list[Group]:
