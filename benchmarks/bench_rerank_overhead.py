@@ -87,6 +87,9 @@ def main() -> None:
         "engine_s": round(engine_s, 1), "engine_pairs_per_s": round(engine_pps, 1),
         "job_wall_s": manifest["wall_time_s"], "job_pairs_per_s": manifest["pairs_per_s"],
         "command_s_incl_python_start": round(command_s, 1),
+        # Where the best job's wall time went, and the share of its scoring phase spent in the model.
+        "job_phases_s": manifest.get("phases_s"), "job_model_s": manifest.get("model_seconds"),
+        "job_model_busy": manifest.get("model_busy"),
         "ratio_job_over_engine": round(manifest["pairs_per_s"] / engine_pps, 3),
         "repeats": args.repeats, "engine_s_all": [round(s, 1) for s, _ in engine_runs],
         "job_wall_s_all": [m["wall_time_s"] for _, m in job_runs],

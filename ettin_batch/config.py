@@ -16,6 +16,16 @@ DEFAULT_MODEL = "cross-encoder/ettin-reranker-17m-v1"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
+def dtype_name(dtype: str, device_type: str) -> str:
+    """The dtype a model runs in on `device_type` ("cuda", "cpu", ...): auto is bfloat16 on GPU,
+    float32 elsewhere. The engine and the job's driver share this rule (the driver without torch)."""
+    if dtype == "auto":
+        return "bfloat16" if device_type == "cuda" else "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return dtype
+
+
 class ConfigError(ValueError):
     """A configuration value is missing or wrong; the message says which and how to fix it."""
 

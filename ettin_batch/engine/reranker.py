@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ettin_batch.config import dtype_name
+
 from .attention import choose_backend, get_backend
 from .faults import FaultHooks
 from .loading import ModelLoadError, ResolvedModel, load_cross_encoder, plan_model, resolve_model
@@ -37,11 +39,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    return DTYPES[dtype_name(dtype, device.type)]
 
 
 def default_token_budget(device: torch.device, hidden: int, max_length: int) -> int:

@@ -24,13 +24,14 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ettin_batch import storage
-from ettin_batch.config import RerankConfig
+from ettin_batch.config import RerankConfig, dtype_name
 from ettin_batch.pipeline import manifest as mf
 from ettin_batch.pipeline import reuse
 from ettin_batch.pipeline.inputs import InputPlan, inspect_inputs
@@ -203,15 +204,6 @@ def _prepare_output(config: RerankConfig, fingerprint: dict) -> tuple[storage.Lo
     return out, set()
 
 
-def _dtype_name(dtype: str, device: str) -> str:
-    """The dtype the actors will run in ("auto" resolved the way the engine resolves it)."""
-    import torch
-
-    from ettin_batch.engine.reranker import resolve_dtype
-
-    return str(resolve_dtype(dtype, torch.device(device))).removeprefix("torch.")
-
-
 def _ensure_ray(config: RerankConfig) -> bool:
     """Connect to the configured cluster or start a local Ray; True if this call started it."""
     import ray
@@ -234,16 +226,20 @@ def score_stage(ds, config: RerankConfig, res: Resources, stats, rejects=None):
 
     from ettin_batch.pipeline.score import ScorePairs
 
-    return ds.map_batches(
-        ScorePairs, batch_format="pyarrow", batch_size=config.batch_size,
-        # min == max: every actor loads its model at the start, none waits to be scaled up.
-        compute=ActorPoolStrategy(min_size=res.actors, max_size=res.actors),
-        num_gpus=res.gpus_per_actor or None, num_cpus=res.cpus_per_actor, **ACTOR_FAULT_TOLERANCE,
-        fn_constructor_kwargs=dict(model=config.model, revision=config.revision, dtype=config.dtype,
-                                   max_length=config.max_length, max_tokens_per_batch=config.max_tokens_per_batch,
-                                   attention=config.attention, device=res.device, threads=res.threads, stats=stats,
-                                   rejects=rejects),
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates remote args such as max_task_retries in map_batches with nothing to replace
+        # them yet; the warning would be printed on every run (pyproject pins ray<2.64, which removes them).
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(
+            ScorePairs, batch_format="pyarrow", batch_size=config.batch_size,
+            # min == max: every actor loads its model at the start, none waits to be scaled up.
+            compute=ActorPoolStrategy(min_size=res.actors, max_size=res.actors),
+            num_gpus=res.gpus_per_actor or None, num_cpus=res.cpus_per_actor, **ACTOR_FAULT_TOLERANCE,
+            fn_constructor_kwargs=dict(model=config.model, revision=config.revision, dtype=config.dtype,
+                                       max_length=config.max_length, max_tokens_per_batch=config.max_tokens_per_batch,
+                                       attention=config.attention, device=res.device, threads=res.threads, stats=stats,
+                                       rejects=rejects),
+        )
 
 
 def _score(config: RerankConfig, plan: InputPlan, group: Group, out: storage.Location, res: Resources,
@@ -324,6 +320,8 @@ def rerank(config: RerankConfig) -> mf.RunResult:
                                     s3_max_attempts=attempts) if config.reuse else None)
     out, done = _prepare_output(config, run_fingerprint(config, plan, resolved))
     groups = shard_groups(plan, config.group_rows)
+    phases = mf.Phases(t0)
+    phases.mark("setup")
 
     import ray
     from ray.data import DataContext
@@ -331,12 +329,13 @@ def rerank(config: RerankConfig) -> mf.RunResult:
     from ettin_batch.pipeline.score import RunStats
 
     started_ray = _ensure_ray(config)
+    phases.mark("ray_start")
     try:
         DataContext.get_current().enable_progress_bars = config.progress
         res = plan_resources(config, ray.cluster_resources())
         log.info("scoring on %s", res)
         settings = {"model_id": resolved.model_id, "revision": resolved.revision,
-                    "max_length": config.max_length, "dtype": _dtype_name(config.dtype, res.device)}
+                    "max_length": config.max_length, "dtype": dtype_name(config.dtype, res.device)}
         header = reuse.fingerprint_header(**settings)
         stats = RunStats.remote()
         try:
@@ -353,8 +352,10 @@ def rerank(config: RerankConfig) -> mf.RunResult:
                     _score(config, plan, group, out, res, stats, header, previous_scores)
                 storage.write_json(out, out.join(DONE_DIR, f"{group.key}.json"),
                                    {"files": [out.url(f) for f in group.files], "rows": group.rows})
+            phases.mark("scoring")
             scored = mf.count_rows(out, out.join("scores"))
             _topk(config, plan, out, scored)
+            phases.mark("topk")
         except Exception as e:  # noqa: BLE001 - one clear message; the original stays chained
             raise RunFailed(_failure_message(e, out, config)) from e
         totals = ray.get(stats.totals.remote())
@@ -370,10 +371,11 @@ def rerank(config: RerankConfig) -> mf.RunResult:
     model_info = dict(totals["info"] or {"model_id": resolved.model_id, "revision": resolved.revision,
                                          "is_random": resolved.is_random, "dtype": config.dtype})
     model_info.update(model_id=resolved.model_id, revision=resolved.revision, is_random=resolved.is_random)
-    wall = time.perf_counter() - t0
+    phases.mark("finish")
     manifest = mf.build_manifest(config=config, plan=plan, model=model_info, counts=counts, tokens=totals["tokens"],
-                                 wall_time_s=wall, actors=res.as_dict(), started_at=started.isoformat(),
+                                 wall_time_s=phases.total(), actors=res.as_dict(), started_at=started.isoformat(),
                                  model_pairs=totals["pairs"], oom_splits=totals["oom_splits"],
+                                 phases=phases.seconds, model_seconds=totals["model_seconds"],
                                  resume={"groups": len(groups), "groups_skipped": len(done & {g.key for g in groups}),
                                          "pairs_skipped": sum(g.rows for g in groups if g.key in done),
                                          "pairs_scored_earlier": sum(mf.count_rows(out, out.join("scores", g.key))

@@ -7,6 +7,7 @@ without it is an incomplete run.
 from __future__ import annotations
 
 import platform
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -32,6 +33,42 @@ def count_rows(loc: storage.Location, folder: str) -> int:
         return sum(pool.map(lambda p: pq.read_metadata(p, filesystem=loc.pa_fs).num_rows, files))
 
 
+class Phases:
+    """Wall seconds of a run's consecutive phases, each from the previous mark to its own."""
+
+    def __init__(self, start: float):
+        self._last = self._start = start
+        self.seconds: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 3)
+        self._last = now
+
+    def total(self) -> float:
+        return self._last - self._start
+
+
+def model_busy(model_seconds: float | None, scoring_s: float | None, actors: int) -> float | None:
+    """The share of the scoring phase the actors spent in the model, all actors together.
+
+    Near 1: the model is the bottleneck, as it should be. Well below: the actors waited for
+    input (too few tokenizer CPUs, a slow object store) or for their models to load.
+    """
+    if not model_seconds or not scoring_s or actors <= 0:
+        return None
+    return round(model_seconds / (scoring_s * actors), 3)
+
+
+def busy_lines(manifest: dict) -> list[str]:
+    """The summary's line on where the time went, if the manifest has the figures."""
+    busy, phases = manifest.get("model_busy"), manifest.get("phases_s") or {}
+    if busy is None:
+        return []
+    return [f"  model busy {busy:.0%} of the {phases['scoring']:.1f} s scoring phase"
+            f" (phases: {', '.join(f'{k} {v:.1f} s' for k, v in phases.items())})"]
+
+
 @dataclass
 class RunResult:
     """What `rerank` returns: the manifest written to _SUCCESS.json, and where."""
@@ -52,6 +89,7 @@ class RunResult:
             f"  {m['pairs_per_s']:,.0f} pairs/s  {m['tokens_per_s']:,.0f} tokens/s"
             + (f"  (this run scored {m['pairs_scored_this_run']:,}; {m['resume']['pairs_scored_earlier']:,} "
                "were scored by the run it resumed)" if (m.get("resume") or {}).get("pairs_scored_earlier") else ""),
+            *busy_lines(m),
             f"  model {m['model']['model_id']} ({m['model'].get('dtype')}, {m['model'].get('device')})"
             + ("  RANDOM WEIGHTS: scores are meaningless" if m["model"].get("is_random") else ""),
             f"  output {self.output}  (scores/, topk/ top-{m['top_k']}, rejects/, {SUCCESS})",
@@ -61,7 +99,8 @@ class RunResult:
 
 def build_manifest(*, config, plan, model: dict, counts: dict, tokens: int, wall_time_s: float,
                    actors: dict, started_at: str, finished_at: str, model_pairs: int | None = None,
-                   resume: dict | None = None, reuse: dict | None = None, oom_splits: int | None = None) -> dict:
+                   resume: dict | None = None, reuse: dict | None = None, oom_splits: int | None = None,
+                   phases: dict[str, float] | None = None, model_seconds: float | None = None) -> dict:
     import ray
 
     # A resumed run's rate is its own work over its own wall time: pairs in groups that an earlier run
@@ -90,6 +129,12 @@ def build_manifest(*, config, plan, model: dict, counts: dict, tokens: int, wall
         "pairs_per_s": round(scored_now / wall_time_s, 1) if wall_time_s > 0 else None,
         "tokens_per_s": round(tokens / wall_time_s, 1) if wall_time_s > 0 else None,
         "rate_basis": RATE_BASIS,
+        # Where the wall time went: setup (inputs, model, output folder), ray_start, scoring
+        # (read, tokenize, score, write), topk, finish (counts, shutdown).
+        "phases_s": phases,
+        # Seconds the actors spent in the model (retries included), and that over scoring x actors.
+        "model_seconds": None if model_seconds is None else round(model_seconds, 3),
+        "model_busy": model_busy(model_seconds, (phases or {}).get("scoring"), actors.get("actors", 0)),
         "input": {"paths": list(config.input), "files": len(plan.files),
                   "columns": dict(zip(("query_id", "query", "doc_id", "document"), config.columns.required())),
                   "passthrough": plan.passthrough},

@@ -90,6 +90,7 @@ class TeacherResult(mf.RunResult):
             f"  pairs in {c['in']:,}  scored {c['scored']:,}  rejected {c['rejected']:,}"
             f"  (truncated at {m['max_length']} tokens: {c['truncated']:,})",
             f"  {m['pairs_per_s']:,.0f} pairs/s  {m['tokens_per_s']:,.0f} tokens/s",
+            *mf.busy_lines(m),
             f"  teacher {m['model']['model_id']} revision {m['model'].get('revision')} "
             f"({m['model'].get('dtype')}, {m['model'].get('device')})"
             + ("  RANDOM WEIGHTS: labels are meaningless" if m["model"].get("is_random") else ""),
@@ -213,6 +214,8 @@ def teacher_dataset(config: TeacherConfig) -> TeacherResult:
                          f"{list(TRAINING_COLUMNS)}; list the ones to keep with --passthrough")
     resolved = resolve_model(config.model, config.revision)
     out = _prepare_output(config)
+    phases = mf.Phases(t0)
+    phases.mark("setup")
 
     import ray
     from ray.data import DataContext
@@ -220,12 +223,14 @@ def teacher_dataset(config: TeacherConfig) -> TeacherResult:
     from ettin_batch.pipeline.score import RunStats
 
     started_ray = _ensure_ray(config)
+    phases.mark("ray_start")
     try:
         DataContext.get_current().enable_progress_bars = config.progress
         res = plan_resources(config, ray.cluster_resources())
         log.info("scoring on %s", res)
         stats = RunStats.remote()
         _write_dataset(config, plan, out, res, stats)
+        phases.mark("scoring")
         totals = ray.get(stats.totals.remote())
     finally:
         if started_ray:
@@ -244,10 +249,11 @@ def teacher_dataset(config: TeacherConfig) -> TeacherResult:
                            f"{counts['rejected']} rejected; {mf.SUCCESS} not written, the run is incomplete")
     model_info = dict(totals["info"] or {"dtype": config.dtype})
     model_info.update(model_id=resolved.model_id, revision=resolved.revision, is_random=resolved.is_random)
-    wall = time.perf_counter() - t0
+    phases.mark("finish")
     manifest = mf.build_manifest(config=config, plan=plan, model=model_info, counts=counts, tokens=totals["tokens"],
-                                 wall_time_s=wall, actors=res.as_dict(), started_at=started.isoformat(),
-                                 model_pairs=totals["pairs"], finished_at=dt.datetime.now(dt.timezone.utc).isoformat())
+                                 wall_time_s=phases.total(), actors=res.as_dict(), started_at=started.isoformat(),
+                                 model_pairs=totals["pairs"], phases=phases.seconds, model_seconds=totals["model_seconds"],
+                                 finished_at=dt.datetime.now(dt.timezone.utc).isoformat())
     manifest.pop("top_k", None)
     files = sorted(p for p in out.fs.find(data_dir) if p.endswith(".parquet"))
     manifest = {"kind": "teacher", **manifest,

@@ -162,10 +162,20 @@ def test_manifest_records_model_speed_and_version(job):
     assert m["package_version"]
 
 
+def test_manifest_says_where_the_wall_time_went_and_how_busy_the_model_was(job):
+    m = job["manifest"]
+    assert list(m["phases_s"]) == ["setup", "ray_start", "scoring", "topk", "finish"]
+    assert all(s >= 0 for s in m["phases_s"].values())
+    assert sum(m["phases_s"].values()) == pytest.approx(m["wall_time_s"], abs=0.01)
+    # One actor scores one batch at a time: its seconds in the model fit inside the scoring phase.
+    assert 0 < m["model_seconds"] < m["phases_s"]["scoring"]
+    assert m["model_busy"] == pytest.approx(m["model_seconds"] / m["phases_s"]["scoring"], abs=1e-3)
+
+
 def test_summary_names_counts_speed_and_output(job):
     text = job["result"].summary()
     for part in ("pairs in 26", "scored 24", "rejected 2", "pairs/s", "tokens/s", "s3://ettin-out/reranked/run-1",
-                 "RANDOM WEIGHTS"):
+                 "RANDOM WEIGHTS", "model busy"):
         assert part in text
 
 

@@ -141,6 +141,13 @@ def test_the_summary_says_the_labels_of_a_random_teacher_are_meaningless(run):
     assert "RANDOM WEIGHTS" in run["result"].summary() and "teacher random:ettin-tiny" in run["result"].summary()
 
 
+def test_the_manifest_says_where_the_wall_time_went(run):
+    m = run["manifest"]
+    assert list(m["phases_s"]) == ["setup", "ray_start", "scoring", "finish"]
+    assert sum(m["phases_s"].values()) == pytest.approx(m["wall_time_s"], abs=0.01)
+    assert 0 < m["model_busy"] <= 1 and "model busy" in run["result"].summary()
+
+
 # --- the command line -------------------------------------------------------------------------------
 
 def test_teacher_command_reads_rows_per_file_from_the_config_keeps_int_ids_and_prints_a_summary(
