@@ -10,6 +10,7 @@
         -> write_parquet     scores/<group>/
       -> _done/<group>.json
     read scores/ (ids + score) -> partial_topk per block -> groupby(query_id) -> final_topk -> topk/
+        (each distinct (query_id, doc_id) once, at its higher score)
         (up to TOPK_IN_DRIVER_ROWS scored pairs: final_topk in the driver, no shuffle to start)
     count rows in the written files -> _SUCCESS.json (last)
 
@@ -273,10 +274,12 @@ def _score(config: RerankConfig, plan: InputPlan, group: Group, out: storage.Loc
 TOPK_IN_DRIVER_ROWS = 1_000_000
 
 
-def _topk(config: RerankConfig, plan: InputPlan, out: storage.Location, scored: int) -> None:
+def _topk(config: RerankConfig, plan: InputPlan, out: storage.Location, scored: int) -> int | None:
+    """Write topk/; return how many scored rows repeat another's (query_id, doc_id), counted only
+    when the cut runs in the driver (None above TOPK_IN_DRIVER_ROWS)."""
     import ray
 
-    from ettin_batch.pipeline.topk import final_topk, partial_topk, topk_schema
+    from ettin_batch.pipeline.topk import final_topk, partial_topk, repeated_pairs, topk_schema
 
     scores_dir = out.join("scores")
     if scored == 0:
@@ -288,13 +291,18 @@ def _topk(config: RerankConfig, plan: InputPlan, out: storage.Location, scored: 
         for sub, schema in (("scores", scores_schema), ("topk", topk_schema(id_types["query_id"], id_types["doc_id"]))):
             out.pa_fs.create_dir(out.join(sub), recursive=True)
             pq.write_table(schema.empty_table(), out.join(sub, "empty.parquet"), filesystem=out.pa_fs)
-        return
+        return 0
     if scored <= TOPK_IN_DRIVER_ROWS:
         # Three narrow columns of a small run fit in the driver; the same cut, without starting a shuffle.
         table = pq.read_table(scores_dir, filesystem=out.pa_fs, columns=["query_id", "doc_id", "score"])
         out.pa_fs.create_dir(out.join("topk"), recursive=True)
         pq.write_table(final_topk(table, k=config.top_k), out.join("topk", "topk.parquet"), filesystem=out.pa_fs)
-        return
+        repeated, example = repeated_pairs(table)
+        if repeated:
+            log.warning("%d scored row(s) repeat the (query_id, doc_id) of another row, e.g. %r: each row was "
+                        "scored and is in scores/; topk/ ranks each document once, with its higher score. "
+                        "`ettin-batch eval` refuses duplicate pairs: remove them from the input.", repeated, example)
+        return repeated
     ds = ray.data.read_parquet(scores_dir, filesystem=out.pa_fs, columns=["query_id", "doc_id", "score"])
     ds = ds.map_batches(partial_topk, batch_format="pyarrow", batch_size=None, fn_kwargs={"k": config.top_k})
     # Only k rows per query and block reach the shuffle: a few partitions are plenty.
@@ -302,6 +310,7 @@ def _topk(config: RerankConfig, plan: InputPlan, out: storage.Location, scored: 
     ds = ds.groupby("query_id", num_partitions=partitions).map_groups(
         final_topk, batch_format="pyarrow", fn_kwargs={"k": config.top_k})
     ds.write_parquet(out.join("topk"), filesystem=out.pa_fs)
+    return None
 
 
 def rerank(config: RerankConfig) -> mf.RunResult:
@@ -354,7 +363,7 @@ def rerank(config: RerankConfig) -> mf.RunResult:
                                    {"files": [out.url(f) for f in group.files], "rows": group.rows})
             phases.mark("scoring")
             scored = mf.count_rows(out, out.join("scores"))
-            _topk(config, plan, out, scored)
+            repeated = _topk(config, plan, out, scored)
             phases.mark("topk")
         except Exception as e:  # noqa: BLE001 - one clear message; the original stays chained
             raise RunFailed(_failure_message(e, out, config)) from e
@@ -375,7 +384,7 @@ def rerank(config: RerankConfig) -> mf.RunResult:
     manifest = mf.build_manifest(config=config, plan=plan, model=model_info, counts=counts, tokens=totals["tokens"],
                                  wall_time_s=phases.total(), actors=res.as_dict(), started_at=started.isoformat(),
                                  model_pairs=totals["pairs"], oom_splits=totals["oom_splits"],
-                                 phases=phases.seconds, model_seconds=totals["model_seconds"],
+                                 phases=phases.seconds, model_seconds=totals["model_seconds"], repeated_pairs=repeated,
                                  resume={"groups": len(groups), "groups_skipped": len(done & {g.key for g in groups}),
                                          "pairs_skipped": sum(g.rows for g in groups if g.key in done),
                                          "pairs_scored_earlier": sum(mf.count_rows(out, out.join("scores", g.key))

@@ -100,7 +100,8 @@ class RunResult:
 def build_manifest(*, config, plan, model: dict, counts: dict, tokens: int, wall_time_s: float,
                    actors: dict, started_at: str, finished_at: str, model_pairs: int | None = None,
                    resume: dict | None = None, reuse: dict | None = None, oom_splits: int | None = None,
-                   phases: dict[str, float] | None = None, model_seconds: float | None = None) -> dict:
+                   phases: dict[str, float] | None = None, model_seconds: float | None = None,
+                   repeated_pairs: int | None = None) -> dict:
     import ray
 
     # A resumed run's rate is its own work over its own wall time: pairs in groups that an earlier run
@@ -113,6 +114,9 @@ def build_manifest(*, config, plan, model: dict, counts: dict, tokens: int, wall
         "max_length": config.max_length,
         "top_k": config.top_k,
         "counts": counts,
+        # Scored rows whose (query_id, doc_id) another row of the input also has: each is in scores/,
+        # topk/ ranks the document once. Counted when top-k runs in the driver (<= 1M scored pairs), else null.
+        "repeated_pairs": repeated_pairs,
         "tokens": tokens,
         # Pairs the model ran on, retries included: above counts.scored means work was redone
         # (a batch whose actor died after scoring it, or a retried task).

@@ -255,6 +255,7 @@ def teacher_dataset(config: TeacherConfig) -> TeacherResult:
                                  model_pairs=totals["pairs"], phases=phases.seconds, model_seconds=totals["model_seconds"],
                                  finished_at=dt.datetime.now(dt.timezone.utc).isoformat())
     manifest.pop("top_k", None)
+    manifest.pop("repeated_pairs", None)  # a top-k figure; the teacher cuts no top-k
     files = sorted(p for p in out.fs.find(data_dir) if p.endswith(".parquet"))
     manifest = {"kind": "teacher", **manifest,
                 "dataset": {"path": f"{DATA}/", "format": "parquet", "columns": [*TRAINING_COLUMNS, *plan.passthrough],

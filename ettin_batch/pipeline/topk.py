@@ -9,6 +9,11 @@ Order: score descending, then doc_id descending in byte order (integer ids compa
 decimal text), which is how trec_eval / pytrec_eval rank a run. So topk/ holds exactly the
 first k documents `ettin-batch eval` sees in scores/, and evaluating topk/ at a depth <= k
 gives the same numbers as evaluating scores/, even when the k-th place is a tie.
+
+A document listed twice for one query (the same query_id and doc_id in two input rows) is
+scored twice and kept twice in scores/, but ranks once in topk/, with the higher of its
+scores: top-k is of distinct documents. Each block keeps its distinct best, so the union
+argument above still holds.
 """
 
 from __future__ import annotations
@@ -32,9 +37,35 @@ def trec_sort_indices(table: pa.Table) -> pa.Array:
     return pc.sort_indices(table, sort_keys=[("query_id", "ascending"), ("score", "descending"), (tie, "descending")])
 
 
+def distinct_pairs(table: pa.Table) -> tuple[pa.Table, int]:
+    """`table` (query_id, doc_id, score) with one row per (query_id, doc_id), its highest score;
+    and how many rows that dropped (0: `table` itself comes back)."""
+    if table.num_rows < 2:
+        return table, 0
+    best = table.group_by(["query_id", "doc_id"], use_threads=False).aggregate([("score", "max")])
+    if best.num_rows == table.num_rows:
+        return table, 0
+    best = pa.table({"query_id": best.column("query_id"), "doc_id": best.column("doc_id"),
+                     "score": best.column("score_max")})
+    return best.cast(table.schema), table.num_rows - best.num_rows
+
+
+def repeated_pairs(table: pa.Table) -> tuple[int, tuple | None]:
+    """Rows of `table` that repeat an earlier row's (query_id, doc_id), and one such pair."""
+    if table.num_rows < 2:
+        return 0, None
+    counts = table.group_by(["query_id", "doc_id"], use_threads=False).aggregate([("doc_id", "count")])
+    repeated = counts.filter(pc.greater(counts.column("doc_id_count"), 1))
+    if repeated.num_rows == 0:
+        return 0, None
+    extra = pc.sum(repeated.column("doc_id_count")).as_py() - repeated.num_rows
+    return extra, (repeated.column("query_id")[0].as_py(), repeated.column("doc_id")[0].as_py())
+
+
 def best_k(table: pa.Table, k: int) -> tuple[pa.Table, np.ndarray]:
-    """The rows of `table` (query_id, doc_id, score, ...) in the k best per query, sorted by
-    query_id then rank; and their ranks (int32, 1 = best)."""
+    """The rows of `table` (query_id, doc_id, score) in the k best distinct documents per query,
+    sorted by query_id then rank; and their ranks (int32, 1 = best)."""
+    table, _ = distinct_pairs(table)
     if table.num_rows == 0:
         return table, np.zeros(0, np.int32)
     table = table.take(trec_sort_indices(table))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ettin_batch.engine.tokenize import IDS_COL, TokenizedPairs
-from ettin_batch.pipeline.topk import final_topk
+from ettin_batch.pipeline.topk import final_topk, partial_topk, repeated_pairs
 from ettin_batch.pipeline.tokenize import tokenize_batch
 
 from .conftest import TINY
@@ -69,3 +70,17 @@ def test_final_topk_compares_integer_doc_ids_as_text_like_trec_eval():
                       "score": pa.array([0.5, 0.5, 0.1], pa.float32())})
     top = final_topk(group, k=2)
     assert top["doc_id"].to_pylist() == [9, 10] and top.schema.field("doc_id").type == pa.int64()
+
+
+def test_a_document_listed_twice_fills_one_place_in_a_block_and_in_the_final_cut():
+    # Block 1 lists d1 twice: kept twice, it would take both of the block's k=2 places and push d2
+    # out of the block's partial top-k, losing it from the final cut.
+    block1 = pa.table({"query_id": ["q"] * 4, "doc_id": ["d1", "d1", "d2", "d3"],
+                       "score": pa.array([0.9, 0.8, 0.7, 0.1], pa.float32())})
+    block2 = pa.table({"query_id": ["q"] * 2, "doc_id": ["d1", "d4"], "score": pa.array([0.95, 0.2], pa.float32())})
+    parts = pa.concat_tables([partial_topk(b, k=2) for b in (block1, block2)])
+    top = final_topk(parts, k=2)
+    assert top["doc_id"].to_pylist() == ["d1", "d2"]
+    assert top["score"].to_pylist() == pytest.approx([0.95, 0.7])  # d1 at its highest score
+    assert top.equals(final_topk(pa.concat_tables([block1, block2]), k=2))
+    assert repeated_pairs(pa.concat_tables([block1, block2])) == (2, ("q", "d1"))

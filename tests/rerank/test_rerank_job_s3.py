@@ -38,7 +38,8 @@ SCHEMA = pa.schema([("query_id", pa.string()), ("query", pa.string()), ("doc_id"
 @pytest.fixture(scope="module")
 def shards():
     """Three shards: q-split spans shard 0 and 1; q-a and q-b share doc_ids; shard 2 is empty;
-    shard 1 also holds one row with a null query and one with a null document."""
+    shard 1 also holds one row with a null query and one with a null document, and repeats
+    q-dup's row for d0 word for word (overlapping shards) beside its d1."""
     rng = np.random.default_rng(7)
     shard0 = _rows(rng, "q-a", [f"d{i}" for i in range(8)]) + _rows(rng, "q-b", [f"d{i}" for i in range(5)]) \
         + _rows(rng, "q-split", [f"s{i}" for i in range(4)])
@@ -47,7 +48,9 @@ def shards():
     bad = _rows(rng, "q-bad", ["b0", "b1", "b2"])
     bad[0]["query"] = None
     bad[1]["document"] = None
-    shard1 = split_rest + bad
+    dup = _rows(rng, "q-dup", ["d0", "d1"])
+    shard0 += dup[:1]
+    shard1 = split_rest + bad + dup
     return [pa.Table.from_pylist(rows, schema=SCHEMA) for rows in (shard0, shard1, [])]
 
 
@@ -101,7 +104,11 @@ def test_topk_is_the_k_best_of_the_written_scores_ties_by_doc_id_descending(job)
     scores = job["scores"].select(["query_id", "doc_id", "score"])
     expected = []
     for qid in sorted(set(scores["query_id"].to_pylist())):
-        rows = [r for r in scores.to_pylist() if r["query_id"] == qid]
+        best = {}  # a document listed twice ranks once, with its higher score
+        for r in scores.to_pylist():
+            if r["query_id"] == qid and r["score"] > best.get(r["doc_id"], {"score": -np.inf})["score"]:
+                best[r["doc_id"]] = r
+        rows = list(best.values())
         rows.sort(key=lambda r: (r["score"], r["doc_id"].encode()), reverse=True)  # trec_eval's order
         expected += [(qid, rank, r["doc_id"], r["score"]) for rank, r in enumerate(rows[:K], start=1)]
     topk = job["topk"]
@@ -124,6 +131,14 @@ def test_duplicate_doc_ids_in_different_queries_are_scored_separately(job):
     for qid, n in (("q-a", 8), ("q-b", 5)):
         rows = scores.filter(pa.compute.equal(scores["query_id"], qid))
         assert sorted(rows["doc_id"].to_pylist()) == sorted(f"d{i}" for i in range(n))
+
+
+def test_a_document_listed_twice_for_a_query_is_scored_twice_and_ranked_once(job):
+    scores = job["scores"].filter(pa.compute.equal(job["scores"]["query_id"], "q-dup"))
+    assert sorted(scores["doc_id"].to_pylist()) == ["d0", "d0", "d1"]
+    topk = job["topk"].filter(pa.compute.equal(job["topk"]["query_id"], "q-dup")).sort_by("rank")
+    assert sorted(topk["doc_id"].to_pylist()) == ["d0", "d1"] and topk["rank"].to_pylist() == [1, 2]
+    assert job["manifest"]["repeated_pairs"] == 1
 
 
 def test_an_empty_shard_is_read_and_adds_nothing(job):
@@ -150,7 +165,7 @@ def test_rows_with_a_null_query_or_document_go_to_rejects_with_a_reason(job):
 
 def test_counts_in_the_manifest_add_up(job):
     counts = job["manifest"]["counts"]
-    assert counts == {**counts, "in": 26, "scored": 24, "rejected": 2}
+    assert counts == {**counts, "in": 29, "scored": 27, "rejected": 2}
     assert counts["in"] == counts["scored"] + counts["rejected"]
 
 
@@ -174,7 +189,7 @@ def test_manifest_says_where_the_wall_time_went_and_how_busy_the_model_was(job):
 
 def test_summary_names_counts_speed_and_output(job):
     text = job["result"].summary()
-    for part in ("pairs in 26", "scored 24", "rejected 2", "pairs/s", "tokens/s", "s3://ettin-out/reranked/run-1",
+    for part in ("pairs in 29", "scored 27", "rejected 2", "pairs/s", "tokens/s", "s3://ettin-out/reranked/run-1",
                  "RANDOM WEIGHTS", "model busy"):
         assert part in text
 
