@@ -179,6 +179,8 @@ def _prepare_output(config: TeacherConfig) -> storage.Location:
 def _write_dataset(config: TeacherConfig, plan: InputPlan, out: storage.Location, res, stats) -> None:
     import ray
 
+    from ettin_batch.pipeline.tokenize import RejectsDir
+
     ds = ray.data.read_parquet(plan.files, filesystem=plan.location.pa_fs, columns=plan.read_columns,
                                num_cpus=res.cpus_per_task)
     ds = ds.map_batches(
@@ -187,9 +189,9 @@ def _write_dataset(config: TeacherConfig, plan: InputPlan, out: storage.Location
                        rename=plan.rename, rejects_dir=out.join(REJECTS), filesystem=out.pa_fs),
     )
     # The rerank job's actor pool, restarts and batch retries: a dead actor costs a retry, never a pair.
-    # No rejects for pairs the model raises on: such a pair fails the job (its texts ride along
-    # under private names, which a rejects file would have to restore).
-    ds = score_stage(ds, config, res, stats)
+    # A pair the model raises on goes to rejects/ with its texts under their input names again.
+    rejects = RejectsDir(out.join(REJECTS), out.pa_fs, restore=tuple((v, k) for k, v in _CARRIED.items()))
+    ds = score_stage(ds, config, res, stats, rejects=rejects)
     ds = ds.map_batches(training_rows, batch_format="pyarrow", batch_size=None, num_cpus=res.cpus_per_task,
                         fn_kwargs={"passthrough": plan.passthrough})
     # strict: every block but the last holds exactly rows_per_file rows, so every file but the last does too.

@@ -62,10 +62,15 @@ class RejectsDir:
 
     path: str
     filesystem: pafs.FileSystem
+    # (name in the batch, name in rejects/): columns a stage carries under private names,
+    # such as the teacher job's texts, get their input names back.
+    restore: tuple[tuple[str, str], ...] = ()
 
     def write(self, rows: pa.Table, reasons: list[str]) -> None:
         """`rows` (canonical names) with their `reason`, as one Parquet file named after its rows
         (see _write_rejects): a retried batch overwrites it."""
+        names = dict(self.restore)
+        rows = rows.rename_columns([names.get(n, n) for n in rows.column_names])
         _write_rejects(_with_reasons(rows, reasons), self.path, self.filesystem)
 
 

@@ -111,3 +111,22 @@ def test_a_job_with_rows_the_model_raises_on_scores_the_rest_and_rejects_them(tm
             **figures, "model_pairs": result.manifest["model_pairs"]})
     assert figures == {"in": 70, "out": 70, "duplicates": 0, "lost": 0, "unknown": 0}
     assert result.manifest["model_pairs"] == 68  # every scored pair once: the calls that raised scored nothing
+
+
+def test_the_teacher_job_rejects_the_rows_the_model_raises_on_with_their_texts(tmp_path, ray_session, model):
+    from ettin_batch.pipeline.teacher import TeacherConfig, teacher_dataset
+
+    shard = _poisoned(40, (3, 17), seed=2)
+    (tmp_path / "in").mkdir()
+    pq.write_table(shard, tmp_path / "in" / "part-0.parquet")
+    result = teacher_dataset(TeacherConfig(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=model,
+                                           batch_size=16, progress=False))
+    assert result.manifest["counts"] == {**result.manifest["counts"], "in": 40, "scored": 38, "rejected": 2}
+    rejects = pq.read_table(tmp_path / "out" / "rejects").sort_by("doc_id")
+    poisoned = shard.take([3, 17]).sort_by("doc_id")
+    assert rejects["reason"].to_pylist() == [REASON, REASON]
+    for name in ("query_id", "doc_id", "query", "document"):  # the input row, under its own names
+        assert rejects[name].to_pylist() == poisoned[name].to_pylist(), name
+    data = pq.read_table(tmp_path / "out" / "data")
+    assert data.num_rows == 38 and not set(zip(data["query_id"].to_pylist(), data["doc_id"].to_pylist())) & set(
+        zip(rejects["query_id"].to_pylist(), rejects["doc_id"].to_pylist()))
