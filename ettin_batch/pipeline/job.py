@@ -279,7 +279,7 @@ def _topk(config: RerankConfig, plan: InputPlan, out: storage.Location, scored: 
     when the cut runs in the driver (None above TOPK_IN_DRIVER_ROWS)."""
     import ray
 
-    from ettin_batch.pipeline.topk import final_topk, partial_topk, repeated_pairs, topk_schema
+    from ettin_batch.pipeline.topk import distinct_pairs, final_topk, partial_topk, topk_schema
 
     scores_dir = out.join("scores")
     if scored == 0:
@@ -295,9 +295,9 @@ def _topk(config: RerankConfig, plan: InputPlan, out: storage.Location, scored: 
     if scored <= TOPK_IN_DRIVER_ROWS:
         # Three narrow columns of a small run fit in the driver; the same cut, without starting a shuffle.
         table = pq.read_table(scores_dir, filesystem=out.pa_fs, columns=["query_id", "doc_id", "score"])
+        table, repeated, example = distinct_pairs(table)
         out.pa_fs.create_dir(out.join("topk"), recursive=True)
         pq.write_table(final_topk(table, k=config.top_k), out.join("topk", "topk.parquet"), filesystem=out.pa_fs)
-        repeated, example = repeated_pairs(table)
         if repeated:
             log.warning("%d scored row(s) repeat the (query_id, doc_id) of another row, e.g. %r: each row was "
                         "scored and is in scores/; topk/ ranks each document once, with its higher score. "

@@ -37,35 +37,25 @@ def trec_sort_indices(table: pa.Table) -> pa.Array:
     return pc.sort_indices(table, sort_keys=[("query_id", "ascending"), ("score", "descending"), (tie, "descending")])
 
 
-def distinct_pairs(table: pa.Table) -> tuple[pa.Table, int]:
-    """`table` (query_id, doc_id, score) with one row per (query_id, doc_id), its highest score;
-    and how many rows that dropped (0: `table` itself comes back)."""
+def distinct_pairs(table: pa.Table) -> tuple[pa.Table, int, tuple | None]:
+    """`table` (query_id, doc_id, score) with one row per (query_id, doc_id), at its highest score;
+    how many rows that dropped (0: `table` itself comes back); and one repeated pair, or None."""
     if table.num_rows < 2:
-        return table, 0
-    best = table.group_by(["query_id", "doc_id"], use_threads=False).aggregate([("score", "max")])
+        return table, 0, None
+    best = table.group_by(["query_id", "doc_id"], use_threads=False).aggregate([("score", "max"), ("score", "count")])
     if best.num_rows == table.num_rows:
-        return table, 0
+        return table, 0, None
+    repeated = best.filter(pc.greater(best.column("score_count"), 1))
+    example = (repeated.column("query_id")[0].as_py(), repeated.column("doc_id")[0].as_py())
     best = pa.table({"query_id": best.column("query_id"), "doc_id": best.column("doc_id"),
                      "score": best.column("score_max")})
-    return best.cast(table.schema), table.num_rows - best.num_rows
-
-
-def repeated_pairs(table: pa.Table) -> tuple[int, tuple | None]:
-    """Rows of `table` that repeat an earlier row's (query_id, doc_id), and one such pair."""
-    if table.num_rows < 2:
-        return 0, None
-    counts = table.group_by(["query_id", "doc_id"], use_threads=False).aggregate([("doc_id", "count")])
-    repeated = counts.filter(pc.greater(counts.column("doc_id_count"), 1))
-    if repeated.num_rows == 0:
-        return 0, None
-    extra = pc.sum(repeated.column("doc_id_count")).as_py() - repeated.num_rows
-    return extra, (repeated.column("query_id")[0].as_py(), repeated.column("doc_id")[0].as_py())
+    return best.cast(table.schema), table.num_rows - best.num_rows, example
 
 
 def best_k(table: pa.Table, k: int) -> tuple[pa.Table, np.ndarray]:
     """The rows of `table` (query_id, doc_id, score) in the k best distinct documents per query,
     sorted by query_id then rank; and their ranks (int32, 1 = best)."""
-    table, _ = distinct_pairs(table)
+    table, _, _ = distinct_pairs(table)
     if table.num_rows == 0:
         return table, np.zeros(0, np.int32)
     table = table.take(trec_sort_indices(table))
