@@ -5,20 +5,26 @@
 # Raw JSON lines go to benchmarks/results/job-<name>.json; figures belong in RESULTS.md.
 #   bash benchmarks/run_job_benchmarks.sh [overhead] [incremental] [scale]    (default: all three)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
+PY=${PY:-$REPO/.venv/bin/python}
 SNAP=$(mktemp -d /tmp/ettin-snap.XXXX)
 cp -r ettin_batch "$SNAP/"
 export PYTHONPATH="$SNAP${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p benchmarks/results
+rev=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- ettin_batch || echo "+uncommitted")
+# Run from the snapshot: `python -m` puts the working directory first on sys.path (ahead of
+# PYTHONPATH), and so do Ray's workers, so from the repository they would import the live tree.
+cd "$SNAP"
+B=$REPO/benchmarks
 which=("$@"); [ ${#which[@]} -eq 0 ] && which=(overhead incremental scale)
 for name in "${which[@]}"; do
-  log=benchmarks/results/job-$name.json
-  echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) load $(cut -d' ' -f1-3 /proc/loadavg)" >> "$log"
+  log=$B/results/job-$name.json
+  echo "# $(date -u +%FT%TZ) $rev load $(cut -d' ' -f1-3 /proc/loadavg)" >> "$log"
   case $name in
-    overhead)    $PY benchmarks/bench_rerank_overhead.py --pairs 20000 2>>"$log.err" | tee -a "$log" ;;
-    incremental) $PY benchmarks/bench_rerank_incremental.py --pairs "${INCREMENTAL_PAIRS:-50000}" 2>>"$log.err" | tee -a "$log" ;;
-    scale)       $PY benchmarks/bench_rerank_scale.py --pairs 200000 2000000 2>>"$log.err" | tee -a "$log" ;;
+    overhead)    $PY $B/bench_rerank_overhead.py --pairs 20000 2>>"$log.err" | tee -a "$log" ;;
+    incremental) $PY $B/bench_rerank_incremental.py --pairs "${INCREMENTAL_PAIRS:-50000}" 2>>"$log.err" | tee -a "$log" ;;
+    scale)       $PY $B/bench_rerank_scale.py --pairs 200000 2000000 2>>"$log.err" | tee -a "$log" ;;
     *) echo "unknown benchmark $name" >&2; exit 2 ;;
   esac
 done
