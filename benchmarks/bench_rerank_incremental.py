@@ -33,6 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _rerank(args, data: str, out: str, *extra: str) -> tuple[float, dict]:
+    # A fresh folder: an unfinished one (an interrupted earlier run) would be resumed, not rerun.
+    shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "ettin_batch.cli", "rerank", "--input", data, "--output", out, "--model",
            args.model, "--overwrite", "--no-progress", "--gpus-per-actor", "0", *extra]
     start = time.perf_counter()

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -63,6 +64,8 @@ def main() -> None:
         return time.perf_counter() - start, int(rr.stats["tokens"])
 
     def job() -> tuple[float, dict]:
+        # A fresh folder: an unfinished one (an interrupted earlier run) would be resumed, not rerun.
+        shutil.rmtree(out, ignore_errors=True)
         cmd = [sys.executable, "-m", "ettin_batch.cli", "rerank", "--input", data, "--output", out, "--model",
                args.model, "--batch-size", str(args.batch_size), "--overwrite", "--no-progress",
                "--gpus-per-actor", "0"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -56,6 +57,8 @@ def tree_pss_bytes(root: int) -> int:
 
 
 def run_job(data: str, out: str, model: str, batch_size: int) -> dict:
+    # A fresh folder: an unfinished one (an interrupted earlier run) would be resumed, not rerun.
+    shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "ettin_batch.cli", "rerank", "--input", data, "--output", out, "--model", model,
            "--batch-size", str(batch_size), "--overwrite", "--no-progress", "--gpus-per-actor", "0"]
     start = time.perf_counter()
