@@ -55,7 +55,16 @@ def distinct_pairs(table: pa.Table) -> tuple[pa.Table, int, tuple | None]:
 def best_k(table: pa.Table, k: int) -> tuple[pa.Table, np.ndarray]:
     """The rows of `table` (query_id, doc_id, score) in the k best distinct documents per query,
     sorted by query_id then rank; and their ranks (int32, 1 = best)."""
-    table, _, _ = distinct_pairs(table)
+    rows, rank = _cut(table, k)
+    # A document's first row in score order is its best: if no document repeats within the cut, the
+    # cut is already the top-k of distinct documents. Only then is the whole table grouped.
+    if distinct_pairs(rows)[1]:
+        rows, rank = _cut(distinct_pairs(table)[0], k)
+    return rows, rank
+
+
+def _cut(table: pa.Table, k: int) -> tuple[pa.Table, np.ndarray]:
+    """The first k rows per query in trec_eval's order, and their ranks."""
     if table.num_rows == 0:
         return table, np.zeros(0, np.int32)
     table = table.take(trec_sort_indices(table))
