@@ -269,10 +269,9 @@ def _score(config: RerankConfig, plan: InputPlan, group: Group, out: storage.Loc
                      ray_remote_args={"num_cpus": res.cpus_per_task})
 
 
-# Up to this many scored pairs, top-k runs in the driver; above, on Ray Data. Measured on 2 cores at
-# 2M pairs: 2.8 s and ~430 MB above the driver's baseline in the driver, ~70 s on Ray Data (read,
-# partial top-k, groupby shuffle, write). At 4M the driver needs ~0.9 GB (extrapolated), which any head node has.
-TOPK_IN_DRIVER_ROWS = 4_000_000
+# Up to this many scored pairs, top-k runs in the driver (~20 bytes a row, read in well under a second);
+# above, on Ray Data. Starting the shuffle costs a few seconds that a small run would notice.
+TOPK_IN_DRIVER_ROWS = 1_000_000
 
 
 def _topk(config: RerankConfig, plan: InputPlan, out: storage.Location, scored: int) -> int | None:

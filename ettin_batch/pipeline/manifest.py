@@ -115,7 +115,7 @@ def build_manifest(*, config, plan, model: dict, counts: dict, tokens: int, wall
         "top_k": config.top_k,
         "counts": counts,
         # Scored rows whose (query_id, doc_id) another row of the input also has: each is in scores/,
-        # topk/ ranks the document once. Counted when top-k runs in the driver (<= 4M scored pairs), else null.
+        # topk/ ranks the document once. Counted when top-k runs in the driver (<= 1M scored pairs), else null.
         "repeated_pairs": repeated_pairs,
         "tokens": tokens,
         # Pairs the model ran on, retries included: above counts.scored means work was redone
