@@ -57,7 +57,7 @@ def best_k(table: pa.Table, k: int) -> tuple[pa.Table, np.ndarray]:
     sorted by query_id then rank; and their ranks (int32, 1 = best)."""
     rows, rank = _cut(table, k)
     # A document's first row in score order is its best: if no document repeats within the cut, the
-    # cut is already the top-k of distinct documents. Only then is the whole table grouped.
+    # cut is already the top-k of distinct documents. Only when one does is the whole table grouped.
     if distinct_pairs(rows)[1]:
         rows, rank = _cut(distinct_pairs(table)[0], k)
     return rows, rank
