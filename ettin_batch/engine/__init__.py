@@ -1,7 +1,8 @@
 """The scoring engine: one process, one device, no Ray.
 
-`Reranker` (and torch with it) is imported on first use, so the job's tokenize workers,
-which need only `PairTokenizer` and `resolve_model`, start without loading torch.
+`Reranker` (and torch with it) is imported on first use, so the job's driver, which needs only
+`resolve_model`, never loads torch. (The tokenize workers load it anyway: transformers'
+AutoTokenizer imports it.)
 """
 
 from .loading import ModelLoadError, ResolvedModel, resolve_model

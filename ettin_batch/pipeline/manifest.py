@@ -42,7 +42,7 @@ class Phases:
 
     def mark(self, name: str) -> None:
         now = time.perf_counter()
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 3)
+        self.seconds[name] = round(now - self._last, 3)
         self._last = now
 
     def total(self) -> float:
