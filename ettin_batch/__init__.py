@@ -12,7 +12,7 @@ def __getattr__(name):
 
         return Reranker
     if name == "rerank":
-        from .pipeline import rerank
+        from .pipeline.rerank import rerank
 
         return rerank
     raise AttributeError(name)

@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 import fsspec
 import pyarrow.fs as pafs
 
+from ettin_batch.errors import ConfigError, InputError
+
 _GLOB_CHARS = set("*?[")
 
 # Object-store calls retry with botocore's "standard" policy: connection errors, timeouts,
@@ -38,7 +40,7 @@ def setting(configured: int | None, env: str, default: int, unit: str) -> int:
     try:
         return max(1, int(value)) if value else default
     except ValueError:
-        raise ValueError(f"{env}={value!r} is not a whole number of {unit}") from None
+        raise ConfigError(f"{env}={value!r} is not a whole number of {unit}; set it to one, or unset it") from None
 
 
 def s3_max_attempts(configured: int | None = None) -> int:
@@ -85,7 +87,7 @@ def _s3_filesystem(max_attempts: int | None) -> fsspec.AbstractFileSystem:
 
 
 def resolve(uri: str, *, s3_max_attempts: int | None = None) -> Location:
-    """Resolve a path or URL to a Location. Raises ValueError for a scheme with no installed backend.
+    """Resolve a path or URL to a Location. Raises InputError for a scheme with no installed backend.
 
     s3_max_attempts: attempts per call on s3:// (None: see s3_max_attempts()).
     """
@@ -99,7 +101,7 @@ def resolve(uri: str, *, s3_max_attempts: int | None = None) -> Location:
         try:
             fs = fsspec.filesystem(scheme)
         except (ImportError, ValueError) as e:
-            raise ValueError(f"cannot open {uri}: no filesystem for {scheme}:// ({e}); install its fsspec package "
+            raise InputError(f"cannot open {uri}: no filesystem for {scheme}:// ({e}); install its fsspec package "
                              f"(gcsfs for gs://, adlfs for az://)") from None
     path = fs._strip_protocol(uri)
     return Location(fs, pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path, "s3" if scheme == "s3a" else scheme)
@@ -109,15 +111,16 @@ def list_parquet(uris: list[str], *, s3_max_attempts: int | None = None) -> tupl
     """Expand folders (recursively), globs and files into a sorted list of Parquet file paths.
 
     Every input must live on the same filesystem. Files whose name starts with `_` or `.`
-    (markers such as _SUCCESS) are skipped inside folders. Raises FileNotFoundError naming
+    (markers such as _SUCCESS) are skipped inside folders. Raises InputError naming
     the input that matched nothing.
     """
     if not uris:
-        raise ValueError("no input paths given")
+        raise InputError("no input paths given")
     locations = [resolve(u, s3_max_attempts=s3_max_attempts) for u in uris]
     first = locations[0]
     if any(loc.scheme != first.scheme for loc in locations):
-        raise ValueError(f"all inputs must be on one filesystem; got schemes {sorted({l.scheme for l in locations})}")
+        mixed = ", ".join(f"{u} ({loc.scheme})" for u, loc in zip(uris, locations))
+        raise InputError(f"all inputs must be on one filesystem, got {mixed}; copy them to one place first")
     files: list[str] = []
     for uri, loc in zip(uris, locations):
         fs, path = loc.fs, loc.path
@@ -128,11 +131,17 @@ def list_parquet(uris: list[str], *, s3_max_attempts: int | None = None) -> tupl
         elif fs.isfile(path):
             found = [path]
         else:
-            raise FileNotFoundError(f"input {uri} does not exist")
+            raise InputError(f"input {uri} does not exist")
         if not found:
-            raise FileNotFoundError(f"input {uri} holds no .parquet files")
+            raise InputError(f"input {uri} holds no .parquet files")
         files.extend(found)
     return first, sorted(dict.fromkeys(files))
+
+
+def fixed_prefix(path: str) -> str:
+    """The part of a path before its first glob character, cut back to a whole folder name."""
+    cut = min((path.index(c) for c in _GLOB_CHARS if c in path), default=None)
+    return path if cut is None else posixpath.dirname(path[:cut])
 
 
 def _hidden(path: str, root: str) -> bool:

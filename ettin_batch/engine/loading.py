@@ -18,13 +18,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ettin_batch.errors import ConfigError, ModelLoadError
+
 from .random_models import RANDOM_PREFIX, random_model_path
 
 log = logging.getLogger("ettin_batch")
-
-
-class ModelLoadError(ValueError):
-    """The model cannot be found, reached or used as a cross-encoder."""
 
 
 @dataclass(frozen=True)
@@ -38,8 +36,12 @@ class ResolvedModel:
 def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:
     """Local folder for `name` (a local path, a Hub id or `random:<shape>`)."""
     if name.startswith(RANDOM_PREFIX):
+        try:
+            path = random_model_path(name)
+        except ValueError as e:
+            raise ModelLoadError(str(e)) from None
         log.warning("%s has RANDOM weights: its scores mean nothing; use it for smoke runs and speed only", name)
-        return ResolvedModel(str(random_model_path(name)), name, None, True)
+        return ResolvedModel(str(path), name, None, True)
     path = Path(name).expanduser()
     if path.is_dir():
         return ResolvedModel(str(path), name, revision, False)
@@ -93,6 +95,33 @@ def check_model_folder(path: str) -> None:
             f"{path} has only pickle weights ({pickles[0].name}); ettin-batch loads safetensors only. "
             "Convert them with safetensors' save_file first."
         )
+
+
+def check_model(model: str, revision: str | None, max_length: int) -> ResolvedModel:
+    """Everything the driver can check about a model without loading it (nor torch): it resolves,
+    its folder holds a cross-encoder with a fast tokenizer, and `max_length` fits its positions.
+    So a wrong --model or --max-length fails before Ray starts, not inside every actor."""
+    resolved = resolve_model(model, revision)
+    check_model_folder(resolved.path)
+    folder = Path(resolved.path)
+    if not (folder / "tokenizer.json").exists():
+        raise ModelLoadError(f"{resolved.path} has no tokenizer.json: ettin-batch needs a fast (Rust) tokenizer")
+    limit = _max_positions(folder)
+    if limit is not None and max_length > limit:
+        raise ConfigError(f"max_length={max_length} is above what {model} can read ({limit} tokens); "
+                          f"pass --max-length {limit} or less (the published benchmarks use 512)")
+    return resolved
+
+
+def _max_positions(folder: Path) -> int | None:
+    """The longest input the encoder takes, from its config.json (the Transformer module's folder for a
+    sentence-transformers chain, the folder itself otherwise)."""
+    for config in (folder / "config.json", *sorted(folder.glob("*/config.json"))):
+        if config.exists():
+            found = json.loads(config.read_text()).get("max_position_embeddings")
+            if isinstance(found, int):
+                return found
+    return None
 
 
 def load_cross_encoder(path: str, *, max_length: int, trust_remote_code: bool = False):

@@ -2,6 +2,7 @@
 
     rr = Reranker.from_pretrained("cross-encoder/ettin-reranker-17m-v1")
     scores = rr.score(queries, documents)        # float32 [n], input order
+    best = rr.rank(query, documents, top_k=10)   # [(index, score), ...], best first
 
 The hot loop is `score_tokens`: pack length-sorted pairs into token-budget batches,
 run each batch (unpadded or padded), write the logits back in input order.
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ettin_batch.config import dtype_name
+from ettin_batch.config import ScoringConfig, dtype_name
 
 from .attention import choose_backend, get_backend
 from .faults import FaultHooks
@@ -27,7 +28,7 @@ from .tokenize import PairTokenizer, TokenizedPairs
 
 log = logging.getLogger("ettin_batch")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -39,7 +40,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    return DTYPES[dtype_name(dtype, device.type)]
+    return TORCH_DTYPES[dtype_name(dtype, device.type)]
 
 
 def default_token_budget(device: torch.device, hidden: int, max_length: int) -> int:
@@ -105,6 +106,13 @@ class Reranker:
         return cls(ce, resolved, device=dev, dtype=resolve_dtype(dtype, dev), max_length=max_length,
                    max_tokens_per_batch=max_tokens_per_batch, attention=attention)
 
+    @classmethod
+    def from_config(cls, scoring: ScoringConfig, device: str = "auto") -> Reranker:
+        """The engine a job's ScoringConfig describes, on `device`."""
+        return cls.from_pretrained(scoring.model, revision=scoring.revision, device=device, dtype=scoring.dtype,
+                                   max_length=scoring.max_length, max_tokens_per_batch=scoring.max_tokens_per_batch,
+                                   attention=scoring.attention)
+
     @property
     def info(self) -> dict:
         """What produced the scores: goes into run manifests."""
@@ -122,7 +130,19 @@ class Reranker:
 
     def score(self, queries: Sequence[str], documents: Sequence[str]) -> np.ndarray:
         """Raw logits (float32 [n]) for the pairs (queries[i], documents[i]), in input order."""
+        if isinstance(queries, str) or isinstance(documents, str):
+            raise ValueError("score() takes two lists of texts, one pair per position; for one pair pass "
+                             "score([query], [document]), for one query's documents use rank(query, documents)")
         return self.score_tokens(self.tokenizer(queries, documents))
+
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> list[tuple[int, float]]:
+        """The documents' (index, score) pairs, best first: score descending, ties by index ascending;
+        the first `top_k` only if given. As sentence-transformers' `CrossEncoder.rank`, with raw logits."""
+        if not isinstance(query, str):
+            raise ValueError(f"query is {type(query).__name__}, not a string: rank() takes one query and its documents")
+        scores = self.score([query] * len(documents), documents)
+        best = np.argsort(-scores, kind="stable")[:top_k]
+        return [(int(i), float(scores[i])) for i in best]
 
     @torch.inference_mode()
     def score_tokens(self, pairs: TokenizedPairs) -> np.ndarray:

@@ -1,6 +1,4 @@
-"""The Ray Data plan: read -> tokenize on CPU tasks -> score on an actor pool -> write, then top-k."""
+"""The Ray Data jobs: read -> tokenize on CPU tasks -> score on an actor pool -> write.
 
-from ettin_batch.pipeline.job import rerank
-from ettin_batch.pipeline.manifest import RunResult
-
-__all__ = ["RunResult", "rerank"]
+run.py is the driver every job shares; rerank.py and teacher.py are the two job shapes.
+"""

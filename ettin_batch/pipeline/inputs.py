@@ -14,15 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ettin_batch import storage
-from ettin_batch.config import COLUMN_FLAGS, Columns, RerankConfig
+from ettin_batch.config import COLUMN_FLAGS, Columns, JobConfig
+from ettin_batch.errors import InputError
 from ettin_batch.pipeline.reuse import FINGERPRINT_COL
 
 # The canonical names every later stage (and every output) uses.
 CANONICAL = ("query_id", "query", "doc_id", "document")
-
-
-class InputError(ValueError):
-    """The input cannot be used as given; the message names the file or column and the fix."""
 
 
 @dataclass
@@ -55,51 +52,61 @@ def missing_columns_message(missing: list[str], found: list[str], columns: Colum
             f"Remap them with {hints} (or `columns:` in the config file).")
 
 
-def inspect_inputs(config: RerankConfig) -> InputPlan:
-    """List and check the inputs of `config` (already validated). Raises InputError or FileNotFoundError."""
+def inspect_inputs(config: JobConfig) -> InputPlan:
+    """List and check the inputs of `config` (already validated). Raises InputError."""
     loc, files = storage.list_parquet(config.input, s3_max_attempts=config.s3_max_attempts)
     with ThreadPoolExecutor(max_workers=min(32, len(files))) as pool:
         footers = list(pool.map(lambda p: _footer(loc, p), files))
-
-    columns = config.columns
-    required = columns.required()
-    first_schema = footers[0][0]
-    if config.passthrough is None:
-        passthrough = [n for n in first_schema.names if n not in required]
-    else:
-        passthrough = list(config.passthrough)
-    # Outputs use canonical names, so an extra column called e.g. `query_id` next to a remapped id would collide.
-    reserved = {"score", "rank", "reason", FINGERPRINT_COL} | (set(CANONICAL) - set(required))
-    clash = sorted(set(passthrough) & reserved)
-    if clash:
-        raise InputError(f"pass-through column(s) {clash} would collide with an output column; "
-                         "rename them in the input or list the ones to keep with --passthrough")
+    required, first = config.columns.required(), footers[0][0]
+    passthrough = _passthrough(config, first, loc.url(files[0]))
     wanted = required + passthrough
     for path, (schema, _) in zip(files, footers):
         missing = [n for n in wanted if n not in schema.names]
+        if set(missing) & set(required):
+            raise InputError(missing_columns_message([m for m in missing if m in required], schema.names,
+                                                     config.columns, f"input file {loc.url(path)}"))
         if missing:
-            if set(missing) & set(required):
-                raise InputError(missing_columns_message([m for m in missing if m in required], schema.names,
-                                                         columns, f"input file {loc.url(path)}"))
             raise InputError(f"input file {loc.url(path)} lacks pass-through column(s) {missing} that "
                              f"{loc.url(files[0])} has; columns found: {schema.names}. "
                              "Pass --passthrough with the columns every file has.")
         for name in wanted:
-            if schema.field(name).type != first_schema.field(name).type:
+            if schema.field(name).type != first.field(name).type:
                 raise InputError(f"column {name!r} is {schema.field(name).type} in {loc.url(path)} but "
-                                 f"{first_schema.field(name).type} in {loc.url(files[0])}; all shards need one type")
-    for role, name in zip(("query", "document"), (columns.query, columns.document)):
-        t = first_schema.field(name).type
-        # An all-null column is typed null; its rows are rejected, so it is no reason to stop.
-        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
-            raise InputError(f"{role} column {name!r} is {t}, not a string")
-    return InputPlan(
-        location=loc,
-        files=files,
-        read_columns=wanted,
-        passthrough=passthrough,
-        rename=dict(zip(required, CANONICAL)),
-        num_rows=sum(n for _, n in footers),
-        file_rows=[n for _, n in footers],
-        schema=pa.schema([first_schema.field(n) for n in wanted]),
-    )
+                                 f"{first.field(name).type} in {loc.url(files[0])}; all shards need one type")
+    _check_types(config.columns, first, loc.url(files[0]))
+    return InputPlan(location=loc, files=files, read_columns=wanted, passthrough=passthrough,
+                     rename=dict(zip(required, CANONICAL)), num_rows=sum(n for _, n in footers),
+                     file_rows=[n for _, n in footers], schema=pa.schema([first.field(n) for n in wanted]))
+
+
+def _passthrough(config: JobConfig, first: pa.Schema, where: str) -> list[str]:
+    required = config.columns.required()
+    if config.passthrough is None:
+        passthrough = [n for n in first.names if n not in required]
+    else:
+        passthrough = list(config.passthrough)
+        absent = [n for n in passthrough if n not in first.names]
+        if absent:
+            raise InputError(f"--passthrough column(s) {absent} are not in {where}; columns found: {first.names}")
+    # Outputs use canonical names, so an extra column called e.g. `query_id` next to a remapped id would collide.
+    reserved = {*config.reserved_columns(), "rank", "reason", FINGERPRINT_COL} | (set(CANONICAL) - set(required))
+    clash = sorted(set(passthrough) & reserved)
+    if clash:
+        raise InputError(f"pass-through column(s) {clash} would collide with an output column; "
+                         "rename them in the input or list the ones to keep with --passthrough")
+    return passthrough
+
+
+def _check_types(columns: Columns, schema: pa.Schema, where: str) -> None:
+    """Ids must be strings or integers (floats lose ids, lists cannot be ranked); texts must be strings.
+    An all-null column is typed null: its rows are rejected one by one, so it is no reason to stop."""
+    for role in ("query_id", "doc_id", "query", "document"):
+        name = getattr(columns, role)
+        t = schema.field(name).type
+        ok = pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
+        if role.endswith("_id"):
+            ok = ok or pa.types.is_integer(t)
+        if not ok:
+            wanted = "a string or integer column" if role.endswith("_id") else "a string column"
+            raise InputError(f"{role} column {name!r} in {where} is {t}; it must be {wanted}. Cast it in the input "
+                             f"or remap another column with {COLUMN_FLAGS[role]} NAME.")

@@ -15,7 +15,6 @@ once per run, two narrow columns only.
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 from dataclasses import dataclass
 
@@ -23,18 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ettin_batch import storage
-from ettin_batch.pipeline import manifest as mf
-
-log = logging.getLogger("ettin_batch.pipeline")
+from ettin_batch.errors import InputError
+from ettin_batch.run_folder import RECORD, SCORES, SUCCESS, RunFolder
 
 FINGERPRINT_COL = "pair_fingerprint"
 FINGERPRINT_TYPE = pa.binary(16)
 _VERSION = b"ettin-batch pair fingerprint v1"
-
-
-class ReuseError(ValueError):
-    """The previous output given to --reuse cannot be used; the message says why and what to do."""
 
 
 def fingerprint_header(model_id: str, revision: str | None, max_length: int, dtype: str) -> bytes:
@@ -66,64 +59,46 @@ def _as_bytes(texts: pa.Array | pa.ChunkedArray) -> list[bytes | None]:
     return texts.cast(target).to_pylist() if not pa.types.is_null(texts.type) else [None] * len(texts)
 
 
-def add_fingerprints(batch: pa.Table, *, header: bytes, rename: dict[str, str] | None = None) -> pa.Table:
-    """Ray map_batches step: canonical column names, plus the fingerprint column."""
-    if rename:
-        batch = batch.rename_columns([rename.get(n, n) for n in batch.column_names])
-    return batch.append_column(FINGERPRINT_COL, fingerprints(batch.column("query"), batch.column("document"), header))
-
-
-@dataclass
+@dataclass(frozen=True)
 class Previous:
     """A finished earlier run whose scores this run may keep."""
 
-    location: storage.Location
+    folder: RunFolder
     manifest: dict
-    usable: bool = False  # set by matches(): False when no fingerprint can match
-    why_not: str = "not checked"
 
-    def matches(self, settings: dict) -> bool:
-        """Whether the previous run used these settings (model_id, revision, max_length, dtype).
-
-        If not, no fingerprint can match (they are part of it), so the join is skipped and every
-        pair is scored; the run says so in the log and in _SUCCESS.json.
-        """
+    def why_unusable(self, settings: dict) -> str | None:
+        """Why no fingerprint of this run can match one made with `settings` (model_id, revision,
+        max_length, dtype: they are part of it), or None when its scores can be reused."""
         model = self.manifest.get("model") or {}
         found = {"model_id": model.get("model_id"), "revision": model.get("revision"),
                  "max_length": self.manifest.get("max_length"), "dtype": self.manifest.get("dtype")}
         differ = [f"{k} {found[k]!r} there, {v!r} now" for k, v in settings.items() if found[k] != v]
         if differ:
-            self.usable, self.why_not = False, "made with other settings: " + ", ".join(differ)
-            log.warning("--reuse %s: %s; every pair will be scored", self.location.url(), self.why_not)
-        elif not (self.manifest.get("counts") or {}).get("scored"):
-            self.usable, self.why_not = False, "it scored no pairs"
-        else:
-            self.usable, self.why_not = True, ""
-        return self.usable
-
-    def summary(self) -> dict:
-        return {"from": self.location.url(), "usable": self.usable, **({"why_not": self.why_not} if not self.usable else {})}
+            return "made with other settings: " + ", ".join(differ)
+        if not (self.manifest.get("counts") or {}).get("scored"):
+            return "it scored no pairs"
+        return None
 
 
-def open_previous(reuse: str, output: storage.Location, *, s3_max_attempts: int | None = None) -> Previous:
-    """Check the --reuse folder before any work: a finished run, not the output itself, with
-    fingerprints in scores/. Raises ReuseError naming the folder and what to do."""
-    prev = storage.resolve(reuse, s3_max_attempts=s3_max_attempts)
-    if prev.scheme == output.scheme and prev.path.rstrip("/") == output.path.rstrip("/"):
-        raise ReuseError(f"--reuse {prev.url()} is also the --output: the run would delete what it reuses. "
+def open_previous(reuse: str, output: RunFolder, *, s3_max_attempts: int | None = None) -> Previous:
+    """Check the --reuse folder before any work: a finished rerank run, not the output itself, with
+    fingerprints in scores/. Raises InputError naming the folder and what to do."""
+    folder, entry = RunFolder.containing(reuse, s3_max_attempts=s3_max_attempts)
+    if folder is None or entry is not None or folder.kind != "rerank":
+        raise InputError(f"--reuse {reuse}: not the output folder of an `ettin-batch rerank` run "
+                         f"(no {RECORD} or {SUCCESS} there). Point --reuse at the previous run's --output.")
+    if folder.loc.scheme == output.loc.scheme and folder.path().rstrip("/") == output.path().rstrip("/"):
+        raise InputError(f"--reuse {folder.url()} is also the --output: the run would delete what it reuses. "
                          "Write to a new folder (e.g. one per night) and reuse the previous one.")
-    success = prev.join(mf.SUCCESS)
-    if not prev.fs.exists(success):
-        raise ReuseError(f"--reuse {prev.url()}: no {mf.SUCCESS} there, so it is not a finished run. "
-                         "Point --reuse at the last run that finished, or drop --reuse to score everything.")
-    files = [p for p in prev.fs.find(prev.join("scores")) if p.endswith(".parquet")]
+    manifest = folder.require_finished("--reuse")
+    files = [p for p in folder.loc.fs.find(folder.path(SCORES)) if p.endswith(".parquet")]
     if files:
-        names = pq.read_schema(files[0], filesystem=prev.pa_fs).names
+        names = pq.read_schema(files[0], filesystem=folder.loc.pa_fs).names
         if FINGERPRINT_COL not in names:
-            raise ReuseError(f"--reuse {prev.url()}: {prev.url(files[0])} has no {FINGERPRINT_COL} column "
+            raise InputError(f"--reuse {folder.url()}: {folder.loc.url(files[0])} has no {FINGERPRINT_COL} column "
                              f"(columns: {names}); it was written before incremental runs existed. "
                              "Run once without --reuse; later runs can reuse that one.")
-    return Previous(prev, storage.read_json(prev, success))
+    return Previous(folder, manifest)
 
 
 def previous_scores(prev: Previous, *, shared: bool):
@@ -137,7 +112,7 @@ def previous_scores(prev: Previous, *, shared: bool):
     from ray.data.aggregate import Max
 
     rows = prev.manifest["counts"]["scored"]
-    ds = ray.data.read_parquet(prev.location.join("scores"), filesystem=prev.location.pa_fs,
+    ds = ray.data.read_parquet(prev.folder.path(SCORES), filesystem=prev.folder.loc.pa_fs,
                                columns=[FINGERPRINT_COL, "score"])
     # Equal fingerprints mean equal texts and model, so their scores agree; max() just picks one.
     ds = ds.groupby(FINGERPRINT_COL, num_partitions=max(1, min(64, math.ceil(rows / 2_000_000)))).aggregate(
@@ -146,7 +121,7 @@ def previous_scores(prev: Previous, *, shared: bool):
 
 
 def fingerprint_schema(plan) -> pa.Schema:
-    """Types of the columns the join hands on (canonical names), so tokenize_batch can restore them."""
+    """Types of the columns the join hands on (canonical names), so the tokenize stage can restore them."""
     fields = [pa.field(plan.rename.get(f.name, f.name), f.type) for f in plan.schema]
     return pa.schema([*fields, pa.field(FINGERPRINT_COL, FINGERPRINT_TYPE)])
 

@@ -6,14 +6,13 @@ live in `ettin_batch.engine`, which runs and is tested without Ray.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pyarrow as pa
 import ray
 
+from ettin_batch.config import ScoringConfig
 from ettin_batch.engine.tokenize import IDS_COL, SPLIT_COL, TRUNC_COL
-from ettin_batch.pipeline.tokenize import RejectsDir
+from ettin_batch.pipeline.rejects import RejectsDir
 
 TOKEN_COLS = (IDS_COL, SPLIT_COL, TRUNC_COL)
 # Key of the Ray Data context config holding an engine.faults.FaultHooks: tests set it on the
@@ -21,39 +20,41 @@ TOKEN_COLS = (IDS_COL, SPLIT_COL, TRUNC_COL)
 FAULTS_KEY = "ettin_batch.fault_hooks"
 
 
+# Figures the stages report; totals() gives each, 0 when nothing reported it.
+FIGURES = ("pairs", "tokens", "truncated", "model_seconds", "reused", "oom_splits", "blank_texts")
+# A batch that kills its actor (a segfault, the OOM killer) is retried on a restarted actor by Ray
+# Data, without limit; this many starts of one batch fail the job instead of looping all night.
+MAX_BATCH_ATTEMPTS = 4
+
+
 @ray.remote(num_cpus=0)
 class RunStats:
-    """Totals the scoring actors report, so the driver can write tokens/s and the model info.
+    """Totals the stages report, so the driver can write tokens/s and the model info.
 
     Counts of rows come from the written files, not from here: a retried batch is counted
     twice here, never in the output.
     """
 
     def __init__(self):
-        self.tokens = 0
-        self.truncated = 0
-        self.pairs = 0
-        self.reused = 0
-        self.model_seconds = 0.0
-        self.oom_splits = 0
+        self.figures = dict.fromkeys(FIGURES, 0)
+        self.attempts: dict[str, int] = {}
         self.info: dict | None = None
 
-    def add(self, pairs: int, tokens: int, truncated: int, seconds: float, reused: int = 0,
-            oom_splits: int = 0) -> None:
-        self.pairs += pairs
-        self.reused += reused
-        self.tokens += tokens
-        self.truncated += truncated
-        self.model_seconds += seconds
-        self.oom_splits += oom_splits
+    def add(self, figures: dict) -> None:
+        for name, value in figures.items():
+            self.figures[name] += value
+
+    def attempt(self, batch: str) -> int:
+        """Count one more start of scoring `batch`; returns how many there have been."""
+        self.attempts[batch] = self.attempts.get(batch, 0) + 1
+        return self.attempts[batch]
 
     def set_info(self, info: dict) -> None:
         if self.info is None:
             self.info = info
 
     def totals(self) -> dict:
-        return {"pairs": self.pairs, "reused": self.reused, "tokens": self.tokens, "truncated": self.truncated,
-                "model_seconds": self.model_seconds, "oom_splits": self.oom_splits, "info": self.info}
+        return {**self.figures, "info": self.info}
 
 
 class ScorePairs:
@@ -64,8 +65,7 @@ class ScorePairs:
     left out; the rest of the batch is scored. Without it, the error fails the job.
     """
 
-    def __init__(self, *, model: str, revision: str | None, dtype: str, max_length: int,
-                 max_tokens_per_batch: int | None, attention: str, device: str, threads: int | None, stats,
+    def __init__(self, *, scoring: ScoringConfig, device: str, threads: int | None, stats,
                  rejects: RejectsDir | None = None):
         import time
 
@@ -78,9 +78,7 @@ class ScorePairs:
             # Ray sets OMP_NUM_THREADS from the actor's CPU share, rounded down; use what was reserved.
             torch.set_num_threads(threads)
         self._time = time.perf_counter
-        self.reranker = Reranker.from_pretrained(model, revision=revision, device=device, dtype=dtype,
-                                                 max_length=max_length, max_tokens_per_batch=max_tokens_per_batch,
-                                                 attention=attention)
+        self.reranker = Reranker.from_config(scoring, device=device)
         self.reranker.faults = DataContext.get_current().get_config(FAULTS_KEY)
         # Errors that say nothing about the rows: they fail the batch (and the job) as before.
         self._not_row_faults = (torch.OutOfMemoryError, torch.AcceleratorError, MemoryError)
@@ -94,6 +92,7 @@ class ScorePairs:
         from ettin_batch.engine.tokenize import TokenizedPairs
         from ettin_batch.pipeline.reuse import reused_mask
 
+        self._count_attempt(batch)
         out = batch.drop_columns([c for c in TOKEN_COLS if c in batch.column_names])
         reused = reused_mask(batch)
         if reused is None:
@@ -105,12 +104,12 @@ class ScorePairs:
             scores = batch.column("score").to_numpy(zero_copy_only=False).astype(np.float32)
             out = out.drop_columns(["score"])
             if len(todo) < batch.num_rows:
-                self.stats.add.remote(0, 0, 0, 0.0, reused=batch.num_rows - len(todo))
+                self.stats.add.remote({"reused": batch.num_rows - len(todo)})
         refused: dict[int, str] = {}
         if len(todo):
             pairs = TokenizedPairs.from_arrow(batch.take(todo) if reused is not None else batch)
             if self.rejects is None:
-                scores[todo] = self._score(pairs)
+                scores[todo] = self._run_model(pairs)
             else:
                 scores[todo], refused_in_pairs = self._score_finding_faults(pairs)
                 refused = {int(todo[i]): why for i, why in refused_in_pairs.items()}
@@ -122,15 +121,28 @@ class ScorePairs:
             out, scores = out.filter(pa.array(keep)), scores[keep]
         return out.append_column("score", pa.array(scores, pa.float32()))
 
-    def _score(self, pairs) -> np.ndarray:
+    def _count_attempt(self, batch: pa.Table) -> None:
+        """Fail the job once one batch has started MAX_BATCH_ATTEMPTS times (it kills its actor)."""
+        import ray
+
+        ends = [batch.slice(i, 1).select(["query_id", "doc_id"]).to_pylist() for i in (0, batch.num_rows - 1)]
+        key = repr((batch.num_rows, ends))
+        attempts = ray.get(self.stats.attempt.remote(key))
+        if attempts > MAX_BATCH_ATTEMPTS:
+            raise RuntimeError(f"a batch of {batch.num_rows} pairs (from {ends[0]} to {ends[1]}) killed its scoring "
+                               f"actor {attempts - 1} times; the job stops rather than retry it again. Look for "
+                               "the actor's crash in the Ray logs (out of memory? a faulty node?).")
+
+    def _run_model(self, pairs) -> np.ndarray:
         start, splits = self._time(), self.reranker.stats["oom_splits"]
         scores = self.reranker.score_tokens(pairs)
         self._record(pairs, start, splits)
         return scores
 
     def _record(self, pairs, start: float, splits_before: int) -> None:
-        self.stats.add.remote(len(pairs), int(pairs.offsets[-1]), pairs.num_truncated, self._time() - start,
-                              oom_splits=self.reranker.stats["oom_splits"] - splits_before)
+        self.stats.add.remote({"pairs": len(pairs), "tokens": int(pairs.offsets[-1]),
+                               "truncated": pairs.num_truncated, "model_seconds": self._time() - start,
+                               "oom_splits": self.reranker.stats["oom_splits"] - splits_before})
 
     def _score_finding_faults(self, pairs) -> tuple[np.ndarray, dict[int, str]]:
         """Scores (float32 [n], 0 for refused rows) and, by row, why the model failed on it.
@@ -165,7 +177,3 @@ class ScorePairs:
                                "the model or the device is broken, not the rows") from error
         return scores, refused
 
-
-def actor_threads(cpus_per_actor: float) -> int:
-    """Torch threads for a CPU actor that reserved `cpus_per_actor` logical CPUs."""
-    return max(1, math.ceil(cpus_per_actor))

@@ -1,0 +1,39 @@
+"""The errors a user can act on. Each carries the exit code the CLI gives it, so one mapping serves
+every command; the message says what is wrong (the file, row, column or flag) and what to do.
+
+    2  ConfigError, InputError, OutputError   fix the command, the config or the input
+    3  ModelLoadError                         the model could not be loaded; another may work
+    4  RunFailed                              the run stopped part-way; the same command resumes it
+"""
+
+from __future__ import annotations
+
+
+class EttinError(Exception):
+    """Base of every error ettin-batch reports to its user as `error: <message>`."""
+
+    exit_code = 2
+
+
+class ConfigError(EttinError, ValueError):
+    """A setting is missing or wrong; the message names it and its flag."""
+
+
+class InputError(EttinError, ValueError):
+    """An input (Parquet shards, a run, qrels, a BEIR folder, a --reuse folder) cannot be used as given."""
+
+
+class OutputError(EttinError, ValueError):
+    """The output folder cannot be written as asked (it holds something this run must not touch)."""
+
+
+class ModelLoadError(EttinError, ValueError):
+    """The model cannot be found, reached or used as a cross-encoder."""
+
+    exit_code = 3
+
+
+class RunFailed(EttinError, RuntimeError):
+    """The run stopped part-way; its output folder has no _SUCCESS.json and the same command resumes it."""
+
+    exit_code = 4

@@ -1,0 +1,158 @@
+"""The rerank job: every pair's score and each query's top-k. Its stages, handed to the shared Run:
+
+    for each group of input files that no earlier run of the same settings finished (shard_groups):
+      read_parquet (projected columns)
+        -> canonical      canonical names, the pair fingerprint
+        [-> join          --reuse: an unchanged pair gets the previous run's score (reuse.py)]
+        -> Tokenize       CPU tasks; null and untokenizable rows -> rejects/<group>/
+        -> ScorePairs     the actor pool, one model per GPU; a pair the model raises on -> rejects/<group>/
+        -> write_parquet  scores/<group>/
+      -> _done/<group>.json
+    write_topk: each scores/ file's k best per query, merged -> topk/   (topk.py)
+    counts from the written files -> _SUCCESS.json (last)
+
+Top-k reads back what was written rather than branching the scoring stream, so the model runs
+once per pair and the dataset is never materialised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ettin_batch import storage
+from ettin_batch.config import RerankConfig
+from ettin_batch.pipeline import reuse
+from ettin_batch.pipeline.inputs import InputPlan
+from ettin_batch.pipeline.manifest import RunResult, count_rows
+from ettin_batch.pipeline.run import Run
+from ettin_batch.pipeline.topk import topk_schema, write_topk
+from ettin_batch.run_folder import REJECTS, SCORES, TOPK
+
+log = logging.getLogger("ettin_batch.pipeline")
+
+# Resume. The inputs are cut into groups of whole files, scored one group after another; each group's
+# files go to scores/<group>/ and rejects/<group>/, and _done/<group>.json is written once they are
+# all there. A rerun with the same fingerprint (run_fingerprint) skips the finished groups and redoes
+# the others, so it repeats at most the groups that were in flight.
+GROUP_ROWS_ENV = "ETTIN_BATCH_GROUP_ROWS"
+DEFAULT_GROUP_ROWS = 1_000_000  # each group restarts the actor pool (model load), so not too small
+MAX_GROUPS = 16  # a bigger input gets bigger groups: a resume redoes at most ~1/16 of the work
+
+
+@dataclass
+class Group:
+    key: str
+    files: list[str]
+    rows: int
+
+
+def group_rows(configured: int | None = None) -> int:
+    """The smallest group, in rows: `configured` (config.group_rows) if given, else $ETTIN_BATCH_GROUP_ROWS, else 1M."""
+    return storage.setting(configured, GROUP_ROWS_ENV, DEFAULT_GROUP_ROWS, "rows")
+
+
+def shard_groups(plan: InputPlan, floor: int | None = None) -> list[Group]:
+    """Consecutive whole files, about max(group_rows(floor), rows / 16) rows each."""
+    target = max(1, group_rows(floor), math.ceil(plan.num_rows / MAX_GROUPS))
+    groups: list[Group] = []
+    files: list[str] = []
+    rows = 0
+    for path, n in zip(plan.files, plan.file_rows):
+        files.append(path)
+        rows += n
+        if rows >= target:
+            groups.append(Group("", files, rows))
+            files, rows = [], 0
+    if files or not groups:
+        groups.append(Group("", files, rows))
+    for i, g in enumerate(groups):
+        g.key = f"g{i:04d}-" + hashlib.sha1("\n".join(g.files).encode()).hexdigest()[:12]
+    return groups
+
+
+def run_fingerprint(config: RerankConfig, plan: InputPlan, model) -> dict:
+    """What must match for an unfinished output to be resumed rather than replaced."""
+    s = config.scoring
+    return {"model": model.model_id, "revision": model.revision, "dtype": s.dtype, "max_length": s.max_length,
+            "attention": s.attention, "columns": config.columns.required(), "passthrough": plan.passthrough,
+            # Another grouping names other groups: their finished markers would not match, and
+            # their files in scores/ would stay beside the new groups' (duplicates).
+            "group_rows": group_rows(config.group_rows),
+            "files": [[plan.location.url(p), n] for p, n in zip(plan.files, plan.file_rows)]}
+
+
+def rerank(config: RerankConfig) -> RunResult:
+    """Run one rerank job end to end and return its manifest (also written to _SUCCESS.json).
+
+    Errors about the config, the inputs, the output folder or the model are raised before Ray starts.
+    """
+    run = Run(config)
+    previous = reuse.open_previous(config.reuse, run.folder, s3_max_attempts=config.s3_max_attempts) \
+        if config.reuse else None
+    groups = shard_groups(run.plan, config.group_rows)
+    run.check_output(run_fingerprint(config, run.plan, run.model), inputs=[config.reuse] if config.reuse else [])
+    with run.session() as done:
+        settings = {"model_id": run.model.model_id, "revision": run.model.revision,
+                    "max_length": config.scoring.max_length, "dtype": run.dtype()}
+        why_not = previous.why_unusable(settings) if previous else None
+        if why_not:
+            log.warning("--reuse %s: %s; every pair will be scored", previous.folder.url(), why_not)
+        to_score = [g for g in groups if g.key not in done]
+        old_scores = reuse.previous_scores(previous, shared=len(to_score) > 1) if previous and not why_not else None
+        for group in to_score:
+            for entry in (SCORES, REJECTS):  # an unfinished group's partial files
+                run.folder.remove(entry, group.key)
+            if group.files:
+                _score_group(run, group, reuse.fingerprint_header(**settings), old_scores)
+            run.folder.mark_done(group.key, {"files": [run.plan.location.url(f) for f in group.files],
+                                             "rows": group.rows})
+        run.phases.mark("scoring")
+        scored = count_rows(run.folder.loc, run.folder.path(SCORES))
+        repeated, example = write_topk(run.folder, config.top_k, scored) if scored else _write_empty(run)
+        if repeated:
+            log.warning("%d scored row(s) repeat the (query_id, doc_id) of another row, e.g. %r: each row was "
+                        "scored and is in scores/; topk/ ranks each document once, with its higher score. "
+                        "`ettin-batch eval` refuses duplicate pairs: remove them from the input.", repeated, example)
+        run.phases.mark("topk")
+    loc = run.folder.loc
+    return run.finish(
+        SCORES, top_k=config.top_k, repeated_pairs=repeated,
+        # Groups of input files (see shard_groups) found finished by an earlier, interrupted run.
+        resume={"groups": len(groups), "groups_skipped": len(groups) - len(to_score),
+                "pairs_skipped": sum(g.rows for g in groups if g.key in done),
+                "pairs_scored_earlier": sum(count_rows(loc, run.folder.path(SCORES, g.key))
+                                            for g in groups if g.key in done)},
+        # --reuse: the previous run, whether its scores could be used, and how many pairs kept theirs.
+        reuse=previous and {"from": previous.folder.url(), "usable": not why_not,
+                            **({"why_not": why_not} if why_not else {}), "pairs_reused": run.totals["reused"]})
+
+
+def _score_group(run: Run, group: Group, header: bytes, previous) -> None:
+    ds = run.canonical(run.read(group.files), header)
+    schema = None
+    if previous is not None:
+        ds = reuse.attach_previous(ds, previous, partitions=max(1, min(64, math.ceil(group.rows / 500_000))))
+        schema = reuse.fingerprint_schema(run.plan)
+    rejects = run.rejects(group.key)
+    ds = run.tokenize(ds, rejects, schema=schema)
+    ds = run.score(ds, rejects)
+    run.write(ds, SCORES, group.key)
+
+
+def _write_empty(run: Run) -> tuple[int, None]:
+    """Nothing was scored (every row rejected, or no rows): empty files keep the layout the same for readers."""
+    plan, fs = run.plan, run.folder.loc.pa_fs
+    types = {plan.rename[n]: plan.schema.field(n).type for n in plan.read_columns[:4]}
+    scores = pa.schema([("query_id", types["query_id"]), ("doc_id", types["doc_id"]),
+                        *[plan.schema.field(n) for n in plan.passthrough],
+                        (reuse.FINGERPRINT_COL, reuse.FINGERPRINT_TYPE), ("score", pa.float32())])
+    for entry, schema in ((SCORES, scores), (TOPK, topk_schema(types["query_id"], types["doc_id"]))):
+        fs.create_dir(run.folder.path(entry), recursive=True)
+        pq.write_table(schema.empty_table(), run.folder.path(entry, "empty.parquet"), filesystem=fs)
+    return 0, None

@@ -1,0 +1,249 @@
+"""The driver of one job run, shared by every job shape (rerank, teacher, and the next one).
+
+    run = Run(config)                     # validated; inputs and model checked; nothing written yet
+    run.check_output(fingerprint)         # the output folder: new, resume or replace? refuse what it must not touch
+    with run.session() as done:           # Ray up (a local one unless --address / RAY_ADDRESS), folder begun
+        ds = run.tokenize(run.read(files))    # the job's own stages, each built from run.config
+        ds = run.score(ds)
+        run.write(ds, SCORES)
+    result = run.finish(SCORES, top_k=...)    # counts from the files, in = scored + rejected, _SUCCESS.json
+
+A failure inside the session becomes RunFailed (exit 4: the same command resumes), carrying the
+cause a stage raised rather than Ray's wrapper; an EttinError raised there keeps its own exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import math
+import re
+import time
+from dataclasses import dataclass
+
+from ettin_batch import storage
+from ettin_batch.config import ConfigError, JobConfig, dtype_name
+from ettin_batch.errors import EttinError, InputError, ModelLoadError, RunFailed
+from ettin_batch.pipeline import manifest as mf
+from ettin_batch.pipeline.inputs import inspect_inputs
+from ettin_batch.pipeline.rejects import RejectsDir
+from ettin_batch.pipeline.tokenize_stage import Tokenize, canonical
+from ettin_batch.run_folder import REJECTS, SUCCESS, RunFolder
+
+log = logging.getLogger("ettin_batch.pipeline")
+
+
+@dataclass
+class Resources:
+    """How the scoring stage is laid out on the cluster."""
+
+    actors: int
+    gpus_per_actor: float
+    cpus_per_actor: float
+    cpus_per_task: float  # read, tokenize and write tasks
+    device: str
+    threads: int | None  # torch threads in a CPU actor
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def plan_resources(config: JobConfig, cluster: dict) -> Resources:
+    """One actor per `gpus_per_actor` GPUs; without GPUs, CPU actors that leave room for the CPU tasks."""
+    gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
+    if gpus > 0 and config.gpus_per_actor > 0:
+        actors = config.actors or max(1, int(gpus // config.gpus_per_actor))
+        return Resources(actors, config.gpus_per_actor, config.cpus_per_actor or 1.0, 1.0, "cuda", None)
+    actors = config.actors or 1
+    # Ray Data's ListFiles step asks for one whole CPU, so the actors leave one free (or the job
+    # stalls); the model still gets threads for every core, since tokenizing costs a few percent of it.
+    per_actor = config.cpus_per_actor or max(0.5, (cpus - 1) / actors)
+    threads = max(1, math.ceil(config.cpus_per_actor)) if config.cpus_per_actor else max(1, int(cpus // actors))
+    return Resources(actors, 0.0, per_actor, 0.25, "cpu", threads)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None):
+    """Ray for one command: the Ray this process already runs, the cluster at `address` (else
+    RAY_ADDRESS), or a new local Ray of its own, never whatever cluster `ray start` last recorded
+    in /tmp/ray (it may be dead, or someone else's). Yields the cluster's resources."""
+    import ray
+
+    if ray.is_initialized():
+        yield ray.cluster_resources()
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    try:
+        if address:
+            log.warning("connecting to the Ray cluster at %s", address)
+            ray.init(address=address)
+        else:  # no dashboard: its processes would take CPU from the model
+            ray.init(address="local", include_dashboard=False)
+    except (ConnectionError, TimeoutError, ValueError) as e:
+        raise ConfigError(f"could not connect to Ray at {address}: {e}. Check --address / RAY_ADDRESS, or leave "
+                          "both unset to run on a local Ray") from None
+    try:
+        yield ray.cluster_resources()
+    finally:
+        ray.shutdown()
+
+
+class Run:
+    """One job run from the driver (see the module docstring)."""
+
+    def __init__(self, config: JobConfig):
+        from ettin_batch.engine.loading import check_model
+
+        config.validate()
+        self.config, self.scoring = config, config.scoring
+        self.started_at, self.phases = dt.datetime.now(dt.timezone.utc), mf.Phases(time.perf_counter())
+        self.plan = inspect_inputs(config)
+        self.model = check_model(self.scoring.model, self.scoring.revision, self.scoring.max_length)
+        self.folder = RunFolder.open(config.output, config.KIND, s3_max_attempts=config.s3_max_attempts)
+        self.resources: Resources | None = None
+        self.stats, self.totals = None, {}
+
+    def check_output(self, fingerprint: dict | None = None, inputs: list[str] = ()) -> None:
+        self.folder.check(overwrite=self.config.overwrite, inputs=[*self.config.input, *inputs],
+                          fingerprint=fingerprint)
+        self.phases.mark("setup")
+
+    def dtype(self) -> str:
+        """The dtype the model runs in (needs the session: it depends on the device)."""
+        return dtype_name(self.scoring.dtype, self.resources.device)
+
+    @contextlib.contextmanager
+    def session(self):
+        """Ray up, resources planned, the output folder begun; yields the resume groups already done."""
+        from ray.data import DataContext
+
+        from ettin_batch.pipeline.score import RunStats
+
+        with ray_session(self.config.address) as cluster:
+            self.phases.mark("ray_start")
+            DataContext.get_current().enable_progress_bars = self.config.progress
+            self.resources = plan_resources(self.config, cluster)
+            if self.resources.device != "cuda" and self.scoring.attention in ("flash", "torch"):
+                raise ConfigError(f"attention={self.scoring.attention!r} needs a GPU, and this run scores on the CPU "
+                                  "(no GPU in the cluster, or --gpus-per-actor 0); use --attention auto")
+            log.info("scoring on %s", self.resources)
+            self.stats = RunStats.remote()
+            done = self.folder.begin()
+            try:
+                yield done
+                self.totals = self._get(self.stats.totals.remote())
+            except (EttinError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # noqa: BLE001 - one clear message; the original stays chained
+                raise stage_error(e, self.folder, self.config) from e
+
+    @staticmethod
+    def _get(ref):
+        import ray
+
+        return ray.get(ref)
+
+    # --- the stages every job shares, each built from the run's config ----------------------------
+
+    def read(self, files: list[str]):
+        import ray
+
+        return ray.data.read_parquet(files, filesystem=self.plan.location.pa_fs, columns=self.plan.read_columns,
+                                     num_cpus=self.resources.cpus_per_task)
+
+    def map(self, ds, fn, **fn_kwargs):
+        """A CPU step over whole batches (pyarrow), sized like the tokenize tasks."""
+        return ds.map_batches(fn, batch_format="pyarrow", batch_size=self.config.batch_size,
+                              num_cpus=self.resources.cpus_per_task, fn_kwargs=fn_kwargs or None)
+
+    def canonical(self, ds, header: bytes | None = None):
+        return self.map(ds, canonical, rename=self.plan.rename, header=header)
+
+    def tokenize(self, ds, rejects: RejectsDir, *, schema=None, keep_text: bool = False):
+        step = Tokenize(self.scoring, rejects, schema=schema, keep_text=keep_text, stats=self.stats)
+        return self.map(ds, step)
+
+    def rejects(self, *parts: str) -> RejectsDir:
+        return RejectsDir(self.folder.path(REJECTS, *parts), self.folder.loc.pa_fs)
+
+    def score(self, ds, rejects: RejectsDir):
+        """The scoring actor pool: one model per actor (per GPU), all started together; a pair the model
+        raises on goes to `rejects`. Ray Data restarts a dead actor and resubmits its batch."""
+        from ray.data import ActorPoolStrategy
+
+        from ettin_batch.pipeline.score import ScorePairs
+
+        res = self.resources
+        return ds.map_batches(
+            ScorePairs, batch_format="pyarrow", batch_size=self.config.batch_size,
+            # min == max: every actor loads its model at the start, none waits to be scaled up.
+            compute=ActorPoolStrategy(min_size=res.actors, max_size=res.actors),
+            num_gpus=res.gpus_per_actor or None, num_cpus=res.cpus_per_actor,
+            fn_constructor_kwargs=dict(scoring=self.scoring, device=res.device, threads=res.threads,
+                                       stats=self.stats, rejects=rejects))
+
+    def write(self, ds, *parts: str, **options) -> None:
+        ds.write_parquet(self.folder.path(*parts), filesystem=self.folder.loc.pa_fs,
+                         ray_remote_args={"num_cpus": self.resources.cpus_per_task}, **options)
+
+    # --- the end -----------------------------------------------------------------------------------
+
+    def finish(self, scored: str, **extra) -> mf.RunResult:
+        """Counts from the written files; the manifest (`extra` adds the job's own keys) to _SUCCESS.json."""
+        loc = self.folder.loc
+        counts = {"in": self.plan.num_rows, "scored": mf.count_rows(loc, self.folder.path(scored)),
+                  "rejected": mf.count_rows(loc, self.folder.path(REJECTS)), "truncated": self.totals["truncated"],
+                  "blank_texts": self.totals["blank_texts"]}
+        if counts["in"] != counts["scored"] + counts["rejected"]:
+            raise RunFailed(f"row counts do not add up: {counts['in']} in, {counts['scored']} scored, "
+                            f"{counts['rejected']} rejected; {SUCCESS} not written, the run is incomplete")
+        self.phases.mark("finish")
+        manifest = mf.build_manifest(self, counts, **extra)
+        self.folder.finish(manifest)
+        for warning in mf.warnings_of(manifest):
+            log.warning(warning)
+        return mf.RunResult(output=self.folder.url(), manifest=self.folder.manifest())
+
+
+def stage_error(error: BaseException, folder: RunFolder, config: JobConfig) -> EttinError:
+    """The error a failed session reports: the stage's own EttinError (a model that fails to load in an
+    actor keeps exit 3), else RunFailed naming the root cause and what to do."""
+    root = _root_cause(error)
+    if isinstance(root, EttinError):
+        return type(root)(str(root))
+    text = str(root).strip().splitlines()[-1] if str(root).strip() else ""
+    cause = f"{type(root).__name__}: {text}"
+    if type(root).__name__ in ("UserCodeException", "RayTaskError", "ActorDiedError", "RayActorError"):
+        cause = _user_error(error) or cause  # the useful part is the stage's own exception
+        for kind in (ModelLoadError, ConfigError, InputError):  # raised in a worker, known only as text
+            if cause.startswith(f"{kind.__name__}: ") or f".{kind.__name__}: " in cause:
+                return kind(cause.split(": ", 1)[1])
+    message = (f"the run did not finish: {cause}. {SUCCESS} was not written, "
+               f"so {folder.url()} holds an incomplete run; once the cause is fixed, the same command resumes it.")
+    transient = isinstance(root, OSError) and not isinstance(root, (FileNotFoundError, PermissionError))
+    if folder.loc.scheme == "s3" and transient:
+        message += (f" The object store kept failing after {storage.s3_max_attempts(config.s3_max_attempts)} "
+                    f"attempts per call (--s3-max-attempts, s3_max_attempts in the config or "
+                    f"{storage.S3_MAX_ATTEMPTS_ENV} sets how many).")
+    return RunFailed(message)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    # Ray wraps a task's exception (RayTaskError.cause); chained exceptions keep theirs in __cause__.
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = getattr(error, "cause", None) or error.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        error = inner
+    return error
+
+
+def _user_error(error: BaseException) -> str | None:
+    """`Type: message` of the exception a stage raised, which Ray Data keeps only as traceback text."""
+    found = re.findall(r"^(\w[\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$", str(error), re.MULTILINE)
+    found = [f"{name}: {text}" for name, text in found if not name.endswith(("UserCodeException", "RayTaskError"))]
+    return found[-1] if found else None
