@@ -100,7 +100,7 @@ COLUMN_FLAGS = {"query_id": "--query-id-col", "query": "--query-col", "doc_id": 
                 "document": "--document-col"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScoringConfig(_Checked):
     """How pairs become scores; one object from the driver to the tokenize tasks, the actors and the engine.
 

@@ -397,22 +397,6 @@ def evaluate(
     return result
 
 
-# ---------------------------------------------------------------- CLI
-
-
-EVAL_HELP = "score a run (scores/, topk/ or a TREC run file) against qrels (TREC or Parquet) with pytrec_eval's numbers"
-
-
-def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    """Fill the parser of `ettin-batch eval` (registered by ettin_batch.cli)."""
-    p.add_argument("--run", required=True, help="scores/ or topk/ folder, job output folder, Parquet file or TREC run file")
-    p.add_argument("--qrels", required=True, help="TREC qrels file, or Parquet with query_id, doc_id, relevance")
-    p.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated (default: %(default)s)")
-    p.add_argument("--score-col", default="score", help="run column to rank by (default: %(default)s)")
-    p.add_argument("--baseline-col", default=None, help="also score this pass-through column's order, e.g. retrieval_score")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
 def format_table(result: dict) -> str:
     """The human-readable table: one row per metric, with baseline and delta columns when present."""
     base = result.get("baseline")
@@ -427,36 +411,3 @@ def format_table(result: dict) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *rows]]
     lines.append(f"queries evaluated: {result['num_queries']}")
     return "\n".join(lines)
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    """Run `ettin-batch eval`; returns the exit status (2 on bad input)."""
-    try:
-        with warnings.catch_warnings():
-            # Warnings are printed once below, from the result, not by the warnings machinery.
-            warnings.simplefilter("ignore", EvaluationWarning)
-            result = evaluate(
-                args.run,
-                args.qrels,
-                metrics=[m for m in args.metrics.split(",") if m.strip()],
-                baseline_col=args.baseline_col,
-                score_col=args.score_col,
-            )
-    except TrecInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for note in result["warnings"]:
-        print(f"warning: {note}", file=sys.stderr)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m ettin_batch.evaluation ...`, the same as `ettin-batch eval ...`."""
-    parser = argparse.ArgumentParser(prog="ettin-batch eval", description=EVAL_HELP)
-    add_eval_arguments(parser)
-    return run_eval(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

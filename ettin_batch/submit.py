@@ -18,7 +18,6 @@ credentials, and every runtime_env value is redacted in what this command prints
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -27,10 +26,9 @@ import shlex
 import sys
 import time
 
-SUBMIT_HELP = "submit a job (e.g. `-- rerank --config job.yaml`) to a Ray cluster, follow its logs, exit with its status"
+from ettin_batch.errors import ConfigError
 
 EXIT_FAILED = 1  # the job failed or was stopped, and its driver left no exit code of its own
-EXIT_USAGE = 2  # bad flags, or the cluster could not be reached
 EXIT_INTERRUPTED = 130  # Ctrl-C while following: the job keeps running on the cluster
 
 # What `ray job submit --working-dir .` would otherwise upload from a checkout (Ray also skips .gitignore'd paths).
@@ -41,26 +39,11 @@ SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|A
 _TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-def add_submit_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", help="the cluster's dashboard, e.g. http://HEAD:8265 (default: RAY_ADDRESS)")
-    p.add_argument("--working-dir", help="local folder uploaded as the job's working directory (e.g. .)")
-    p.add_argument("--runtime-env-json", help='extra runtime_env as JSON, e.g. \'{"pip": ["flash-attn"]}\'')
-    p.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
-                   help="set an environment variable in the job (NAME alone copies it from here); "
-                        "values are never printed")
-    p.add_argument("--submission-id", help="job id to use (default: Ray picks one)")
-    p.add_argument("--no-wait", action="store_true", help="print the job id and return without following")
-    p.add_argument("job", nargs=argparse.REMAINDER,
-                   help="after --: an ettin-batch subcommand (rerank ...) or any command (python jobs/rerank.py ...)")
-
-
-def entrypoint(job: list[str]) -> str:
-    """The shell command the cluster runs for the words after `--`."""
-    from ettin_batch.cli import SUBCOMMANDS
-
+def entrypoint(job: list[str], commands=()) -> str:
+    """The shell command the cluster runs for the words after `--`; `commands` are ettin-batch's subcommands."""
     if job and job[0] == "ettin-batch":
         job = job[1:]
-    if job and job[0] in SUBCOMMANDS:
+    if job and job[0] in commands:
         # `python -m` finds the package in the uploaded working dir as well as in site-packages.
         return shlex.join(["python", "-m", "ettin_batch.cli", *job])
     return shlex.join(job)
@@ -70,7 +53,7 @@ def build_runtime_env(working_dir: str | None, runtime_env_json: str | None, env
                       environ: dict[str, str] | None = None) -> dict:
     """The job's runtime_env: the JSON given, the working dir (with default excludes), the --env variables.
 
-    Raises ValueError naming the flag at fault.
+    Raises ConfigError naming the flag at fault.
     """
     environ = os.environ if environ is None else environ
     runtime_env: dict = {}
@@ -78,26 +61,26 @@ def build_runtime_env(working_dir: str | None, runtime_env_json: str | None, env
         try:
             runtime_env = json.loads(runtime_env_json)
         except json.JSONDecodeError as e:
-            raise ValueError(f"--runtime-env-json is not valid JSON: {e}") from None
+            raise ConfigError(f"--runtime-env-json is not valid JSON: {e}") from None
         if not isinstance(runtime_env, dict):
-            raise ValueError("--runtime-env-json must be a JSON object, e.g. '{\"pip\": [\"flash-attn\"]}'")
+            raise ConfigError("--runtime-env-json must be a JSON object, e.g. '{\"pip\": [\"flash-attn\"]}'")
     if working_dir:
         if not os.path.isdir(working_dir):
-            raise ValueError(f"--working-dir {working_dir} is not a folder")
+            raise ConfigError(f"--working-dir {working_dir} is not a folder")
         runtime_env["working_dir"] = working_dir
         runtime_env["excludes"] = [*runtime_env.get("excludes", []), *DEFAULT_EXCLUDES]
     env_vars = dict(runtime_env.get("env_vars") or {})
     for item in env:
         name, sep, value = item.partition("=")
         if not name or name.startswith("-"):
-            raise ValueError(f"--env {name or '=...'}: expected NAME or NAME=VALUE")
+            raise ConfigError(f"--env {name or '=...'}: expected NAME or NAME=VALUE")
         if SECRET_NAME.search(name):
-            raise ValueError(f"--env {name}: looks like a credential, and Ray stores a job's runtime_env in plain "
+            raise ConfigError(f"--env {name}: looks like a credential, and Ray stores a job's runtime_env in plain "
                              "text (jobs API, runtime_env_agent.log). Give the cluster its credentials instead: an "
                              "instance role, a Kubernetes Secret (cluster/rayjob.yaml) or the nodes' environment.")
         if not sep:
             if name not in environ:
-                raise ValueError(f"--env {name}: {name} is not set here, so there is nothing to copy")
+                raise ConfigError(f"--env {name}: {name} is not set here, so there is nothing to copy")
             value = environ[name]
         env_vars[name] = value
     if env_vars:
@@ -155,37 +138,32 @@ def _exit_code(info) -> int:
     return code if isinstance(code, int) and 0 < code < 256 else EXIT_FAILED
 
 
-def run_submit(args: argparse.Namespace) -> int:
-    job = list(args.job)
+def submit(job: list[str], *, address: str | None, working_dir: str | None = None,
+           runtime_env_json: str | None = None, env: list[str] = (), submission_id: str | None = None,
+           no_wait: bool = False, commands=()) -> int:
+    """Submit `job` (the words after `--`), follow its logs and return its exit code (see the module
+    docstring). Raises ConfigError for bad flags or a cluster that cannot be reached."""
     if job and job[0] == "--":
         job = job[1:]
     if not job:
-        print("error: nothing to submit: put the job after --, e.g. `ettin-batch submit --address "
-              "http://HEAD:8265 -- rerank --config jobs/configs/nightly.yaml`", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        runtime_env = build_runtime_env(args.working_dir, args.runtime_env_json, args.env)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-
+        raise ConfigError("nothing to submit: put the job after --, e.g. `ettin-batch submit --address "
+                          "http://HEAD:8265 -- rerank --config jobs/configs/nightly.yaml`")
+    runtime_env = build_runtime_env(working_dir, runtime_env_json, list(env))
     from ray.job_submission import JobSubmissionClient
 
-    command = entrypoint(job)
+    command = entrypoint(job, commands)
     try:
-        client = JobSubmissionClient(args.address, headers=_auth_headers(os.environ))
-        job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env or None,
-                                   submission_id=args.submission_id)
+        client = JobSubmissionClient(address, headers=_auth_headers(os.environ))
+        job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env or None, submission_id=submission_id)
     except (ConnectionError, RuntimeError, ValueError) as e:
         # Ray's message names the address and, on 401/403, how to pass a token; a rejected runtime_env may be
         # echoed back in it, so the values we sent are scrubbed.
-        where = args.address or os.environ.get("RAY_ADDRESS") or "RAY_ADDRESS (unset)"
-        print(f"error: could not submit to {where}: {scrub(str(e), runtime_env)}", file=sys.stderr)
-        return EXIT_USAGE
+        where = address or os.environ.get("RAY_ADDRESS") or "RAY_ADDRESS (unset)"
+        raise ConfigError(f"could not submit to {where}: {scrub(str(e), runtime_env)}") from None
     print(f"submitted job {job_id}: {command}", file=sys.stderr)
     if runtime_env:
         print(f"  runtime_env {json.dumps(redacted(runtime_env))}", file=sys.stderr)
-    if args.no_wait:
+    if no_wait:
         print(job_id)
         return 0
     try:

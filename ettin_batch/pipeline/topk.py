@@ -26,6 +26,7 @@ COLUMNS = ["query_id", "doc_id", "score"]
 # Up to this many scored pairs, every (query_id, doc_id) is kept to count exact repeats (~20 bytes a row).
 COUNT_REPEATS_UP_TO = 1_000_000
 _READERS = 4  # files read at once: object stores answer several requests faster than one at a time
+MERGE_ROWS = 1_000_000  # kept rows are cut again once they exceed twice the last cut plus this many
 
 
 def write_topk(folder: RunFolder, k: int, scored: int) -> tuple[int | None, tuple | None]:
@@ -46,7 +47,7 @@ def write_topk(folder: RunFolder, k: int, scored: int) -> tuple[int | None, tupl
             kept_rows += part.num_rows
             if ids is not None:
                 keys.append(ids)
-            if kept_rows > 2 * merged_rows + 1_000_000:  # amortised: each row is re-cut a few times at most
+            if kept_rows > 2 * merged_rows + MERGE_ROWS:  # amortised: each row is re-cut a few times at most
                 kept = [ranking.top_k(pa.concat_tables(kept), k)[0]]
                 kept_rows = merged_rows = kept[0].num_rows
     rows, rank = ranking.top_k(pa.concat_tables(kept), k)

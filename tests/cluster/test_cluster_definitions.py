@@ -9,8 +9,9 @@ from pathlib import Path
 import ray
 import yaml
 
-from ettin_batch.cli import build_parser, rerank_config
-from ettin_batch.pipeline.teacher import TeacherConfig, teacher_config
+from ettin_batch.cli import build_parser
+from ettin_batch.cli.jobs import job_config
+from ettin_batch.config import RerankConfig, TeacherConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CREDENTIAL_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
@@ -33,7 +34,7 @@ def test_rayjob_runs_the_rerank_command_with_a_config_from_jobs():
     assert words[:2] == ["ettin-batch", "rerank"]
     args = build_parser().parse_args(words[1:])
     args.config = str(REPO / Path(args.config).relative_to("/app"))  # the image copies the repo to /app
-    assert rerank_config(args).model.startswith("cross-encoder/ettin-reranker-")
+    assert job_config(RerankConfig, args).scoring.model.startswith("cross-encoder/ettin-reranker-")
 
 
 def test_rayjob_has_a_gpu_worker_group_the_installed_ray_version_and_token_auth():
@@ -79,10 +80,10 @@ def test_every_example_job_config_loads_and_validates():
     for path in configs:
         command = "teacher" if path.stem == "teacher" else "rerank"
         args = build_parser().parse_args([command, "--config", str(path)])
-        config = teacher_config(args) if command == "teacher" else rerank_config(args)
+        config = job_config(TeacherConfig if command == "teacher" else RerankConfig, args)
         assert config.input and config.output and "{date}" not in config.output, path.name
 
 
 def test_the_teacher_config_loads_as_a_teacher_config():
     config = TeacherConfig.from_file(REPO / "jobs" / "configs" / "teacher.yaml")
-    assert config.rows_per_file == 100000 and config.model.endswith("ettin-reranker-1b-v1")
+    assert config.rows_per_file == 100000 and config.scoring.model.endswith("ettin-reranker-1b-v1")

@@ -6,20 +6,20 @@ import json
 
 import pytest
 
-from ettin_batch.cli import main
+from ettin_batch.cli import SUBCOMMANDS, main
 from ettin_batch.submit import REDACTED, build_runtime_env, entrypoint, redacted
 
 from .local_cluster import free_port
 
 
 def test_an_ettin_batch_subcommand_runs_as_a_module_so_an_uploaded_working_dir_is_enough():
-    assert entrypoint(["rerank", "--config", "jobs/configs/nightly.yaml"]) == \
+    assert entrypoint(["rerank", "--config", "jobs/configs/nightly.yaml"], SUBCOMMANDS) == \
         "python -m ettin_batch.cli rerank --config jobs/configs/nightly.yaml"
-    assert entrypoint(["ettin-batch", "eval", "--run", "out"]) == "python -m ettin_batch.cli eval --run out"
+    assert entrypoint(["ettin-batch", "eval", "--run", "out"], SUBCOMMANDS) == "python -m ettin_batch.cli eval --run out"
 
 
 def test_any_other_command_runs_as_written_and_is_quoted_for_the_shell():
-    assert entrypoint(["python", "jobs/rerank.py", "--config", "my job.yaml"]) == \
+    assert entrypoint(["python", "jobs/rerank.py", "--config", "my job.yaml"], SUBCOMMANDS) == \
         "python jobs/rerank.py --config 'my job.yaml'"
 
 

@@ -75,7 +75,7 @@ def test_both_nodes_ran_part_of_the_job(run, ray_cluster):
     where = {}
     for t in tasks:
         if t["state"] == "FINISHED" and t.get("node_id"):
-            stage = ("tokenize" if "tokenize_batch" in t["name"] else
+            stage = ("tokenize" if "Tokenize" in t["name"] else
                      "score" if "ScorePairs" in t["name"] and t["name"].endswith(".submit") else None)
             if stage:
                 where.setdefault(stage, set()).add(t["node_id"])

@@ -57,7 +57,7 @@ def ray_session(s3_endpoint):
     """One local Ray for the whole session (started after the AWS variables are set, so workers see them)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from ettin_batch.cli import build_parser, rerank_config
-from ettin_batch.config import DEFAULT_MODEL, ConfigError, RerankConfig
+from ettin_batch.cli import build_parser
+from ettin_batch.cli.jobs import job_config
+from ettin_batch.config import DEFAULT_MODEL, ConfigError, RerankConfig, TeacherConfig
 
 
 def _config_from_cli(*argv):
-    return rerank_config(build_parser().parse_args(["rerank", *argv]))
+    return job_config(RerankConfig, build_parser().parse_args(["rerank", *argv]))
 
 
 def test_yaml_file_fills_every_field(tmp_path):
@@ -26,14 +27,14 @@ def test_toml_file_with_a_rerank_table(tmp_path):
     path = tmp_path / "job.toml"
     path.write_text('[rerank]\ninput = ["a/", "b/"]\noutput = "out/"\nmax_length = 256\n')
     config = RerankConfig.from_file(path).validate()
-    assert config.input == ["a/", "b/"] and config.max_length == 256 and config.model == DEFAULT_MODEL
+    assert config.input == ["a/", "b/"] and config.scoring.max_length == 256 and config.scoring.model == DEFAULT_MODEL
 
 
 def test_flags_override_the_file_and_absent_flags_do_not(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("input: in/\noutput: out/\ntop_k: 5\nmax_length: 256\ncolumns: {query: q}\n")
     config = _config_from_cli("--config", str(path), "--top-k", "20", "--doc-id-col", "pid")
-    assert config.top_k == 20 and config.max_length == 256
+    assert config.top_k == 20 and config.scoring.max_length == 256
     assert config.columns.query == "q" and config.columns.doc_id == "pid"
 
 
@@ -48,7 +49,29 @@ def test_unknown_config_key_is_an_error_that_lists_known_keys(tmp_path):
                                           ({"max_tokens_per_batch": 100}, "max_length")])
 def test_invalid_values_are_rejected_naming_the_setting(change, flag):
     with pytest.raises(ConfigError, match=flag):
-        RerankConfig(input=["in/"], output="out/").replace(**change).validate()
+        RerankConfig.of(input=["in/"], output="out/").replace(**change).validate()
+
+
+@pytest.mark.parametrize("text, error", [
+    ("gpus_per_actor: lots\n", "gpus_per_actor='lots' must be a number"),
+    ("overwrite: 'no'\n", "overwrite='no' must be true or false"),
+    ("max_length: 1.5\n", "max_length=1.5 must be a whole number"),
+    ("columns: {query: 7}\n", "query=7 must be a string"),
+    ("input: [a/, 7]\n", "must be a list of strings"),
+    ("top_k: 5: 6\n", "job.yaml:3: not valid YAML"),
+])
+def test_a_config_file_with_a_wrong_type_or_bad_syntax_names_the_file_and_key(tmp_path, text, error):
+    path = tmp_path / "job.yaml"
+    path.write_text("input: in/\noutput: out/\n" + text)
+    with pytest.raises(ConfigError, match=error) as caught:
+        RerankConfig.from_file(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_string_where_a_list_is_expected_is_a_list_of_one(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("input: in/\noutput: out/\npassthrough: bm25\n")
+    assert RerankConfig.from_file(path).passthrough == ["bm25"]
 
 
 def test_group_rows_and_s3_attempts_come_from_the_file_or_flags_and_are_validated(tmp_path):
@@ -74,8 +97,8 @@ def test_the_s3_attempts_setting_travels_with_the_filesystem_the_workers_receive
 
 
 def test_group_rows_sets_the_smallest_resume_group_and_the_variable_is_the_fallback(monkeypatch):
-    from ettin_batch.pipeline.job import shard_groups
     from ettin_batch.pipeline.inputs import InputPlan
+    from ettin_batch.pipeline.rerank import shard_groups
 
     plan = InputPlan(location=None, files=[f"f{i}" for i in range(6)], read_columns=[], passthrough=[], rename={},
                      num_rows=600, file_rows=[100] * 6, schema=None)
@@ -84,8 +107,8 @@ def test_group_rows_sets_the_smallest_resume_group_and_the_variable_is_the_fallb
     assert [len(g.files) for g in shard_groups(plan, 200)] == [2, 2, 2]
 
 
-def test_a_teacher_config_refuses_group_rows():
-    from ettin_batch.pipeline.teacher import TeacherConfig
-
-    with pytest.raises(ConfigError, match="group_rows"):
-        TeacherConfig(input=["in/"], output="out/", group_rows=10).validate()
+def test_a_teacher_config_has_no_top_k_reuse_or_group_rows(tmp_path):
+    path = tmp_path / "teacher.yaml"
+    path.write_text("input: in/\noutput: out/\ngroup_rows: 10\n")
+    with pytest.raises(ConfigError, match="unknown config key.*group_rows"):
+        TeacherConfig.from_file(path)

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from ettin_batch.config import RerankConfig
 from ettin_batch.engine.faults import FaultHooks
-from ettin_batch.pipeline import rerank
+from ettin_batch import rerank
 
 from .conftest import TINY
 from .faults import accounting, injected, make_shards, record, write_local
@@ -38,7 +38,7 @@ def test_killing_a_scoring_actor_mid_batch_loses_and_duplicates_nothing(tmp_path
     shards = make_shards(files=6, pairs_per_file=200)
     write_local(shards, tmp_path / "in")
     out, marker = tmp_path / "out", tmp_path / "paused"
-    config = RerankConfig(input=[str(tmp_path / "in")], output=str(out), model=TINY, batch_size=50, progress=False)
+    config = RerankConfig.of(input=[str(tmp_path / "in")], output=str(out), model=TINY, batch_size=50, progress=False)
     before = {a["ActorID"] for a in _score_actors()}
     outcome: dict = {}
 

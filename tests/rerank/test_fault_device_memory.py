@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from ettin_batch.config import RerankConfig
 from ettin_batch.engine.faults import FaultHooks
-from ettin_batch.pipeline import rerank
+from ettin_batch import rerank
 
 from .conftest import TINY
 from .faults import accounting, injected, make_shards, record, write_local
@@ -25,7 +25,7 @@ def test_batches_that_run_out_of_device_memory_are_halved_and_every_pair_is_scor
     shards = make_shards(files=2, pairs_per_file=150, seed=7)
     write_local(shards, tmp_path / "in")
     with injected(FaultHooks(oom_above_tokens=OOM_ABOVE_TOKENS)):
-        result = rerank(RerankConfig(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=TINY,
+        result = rerank(RerankConfig.of(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=TINY,
                                      batch_size=50, progress=False))
 
     inputs = pa.concat_tables(shards)

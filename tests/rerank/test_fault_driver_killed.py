@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from ettin_batch.cli import main
 from ettin_batch.config import RerankConfig
-from ettin_batch.pipeline import rerank
+from ettin_batch import rerank
 
 from .conftest import TINY
 from .faults import accounting, make_shards, record, write_local
@@ -32,7 +32,7 @@ def test_a_killed_driver_resumes_where_it_stopped_and_ends_equal_to_an_uninterru
 
     shards = make_shards(files=6, pairs_per_file=200, seed=5)
     write_local(shards, tmp_path / "in")
-    reference = rerank(RerankConfig(input=[str(tmp_path / "in")], output=str(tmp_path / "reference"), model=TINY,
+    reference = rerank(RerankConfig.of(input=[str(tmp_path / "in")], output=str(tmp_path / "reference"), model=TINY,
                                     batch_size=50, progress=False, group_rows=GROUP_ROWS))
 
     out = tmp_path / "out"
@@ -89,7 +89,7 @@ def test_an_unfinished_run_with_other_settings_is_replaced_not_mixed(tmp_path, r
     pq.write_table(pa.table({"query_id": ["old"], "doc_id": ["old"], "score": pa.array([1.0], pa.float32())}),
                    stale / "part.parquet")
     (out / "_run.json").write_text(json.dumps({"fingerprint": {"model": "some-other-model"}}))
-    result = rerank(RerankConfig(input=[str(tmp_path / "in")], output=str(out), model=TINY, progress=False,
+    result = rerank(RerankConfig.of(input=[str(tmp_path / "in")], output=str(out), model=TINY, progress=False,
                                  group_rows=GROUP_ROWS))
     assert result.manifest["resume"]["groups_skipped"] == 0
     assert "old" not in pq.read_table(out / "scores")["query_id"].to_pylist()
@@ -101,7 +101,7 @@ def test_a_resumed_runs_rate_counts_only_the_pairs_it_scored(tmp_path, ray_sessi
 
     write_local(make_shards(files=2, pairs_per_file=20, seed=7), tmp_path / "in")
     out = tmp_path / "out"
-    config = RerankConfig(input=[str(tmp_path / "in")], output=str(out), model=TINY, progress=False, group_rows=20)
+    config = RerankConfig.of(input=[str(tmp_path / "in")], output=str(out), model=TINY, progress=False, group_rows=20)
     first = rerank(config).manifest
     assert first["pairs_scored_this_run"] == 40 and first["rate_basis"].startswith("this run only")
     # As if the run had stopped after its first group: the second group's marker and the success file gone.

@@ -16,9 +16,11 @@ import pytest
 from builders import UNEMBEDDED_TOKEN, build_ettin_with_an_unembedded_token
 
 from ettin_batch.config import RerankConfig
-from ettin_batch.pipeline import rerank
+from ettin_batch import rerank
 from ettin_batch.pipeline.score import ScorePairs
-from ettin_batch.pipeline.tokenize import RejectsDir, tokenize_batch
+from ettin_batch.config import ScoringConfig
+from ettin_batch.pipeline.rejects import RejectsDir
+from ettin_batch.pipeline.tokenize_stage import Tokenize
 
 from .faults import accounting, make_shards, record
 
@@ -36,18 +38,22 @@ def _poisoned(n: int, poisoned_at: tuple[int, ...], seed: int = 0) -> pa.Table:
     return table.set_column(table.column_names.index("document"), "document", pa.array(docs))
 
 
+def _first_attempt(batch_key):  # what RunStats.attempt answers for a batch never seen before
+    import ray
+
+    return ray.put(1)
+
+
 def _no_stats():
     ignore = SimpleNamespace(remote=lambda *args, **kwargs: None)
-    return SimpleNamespace(add=ignore, set_info=ignore)
+    return SimpleNamespace(add=ignore, set_info=ignore, attempt=SimpleNamespace(remote=_first_attempt))
 
 
-def test_the_scoring_step_rejects_only_the_pairs_the_model_raises_on_and_a_retry_rewrites_them(tmp_path, model):
+def test_the_scoring_step_rejects_only_the_pairs_the_model_raises_on_and_a_retry_rewrites_them(tmp_path, model, ray_session):
     fs = pafs.LocalFileSystem()
-    tokenized = tokenize_batch(_poisoned(16, (3, 11)), model=model, revision=None, max_length=512, rename={},
-                               rejects_dir=str(tmp_path / "tokenizer-rejects"), filesystem=fs)
+    tokenized = Tokenize(ScoringConfig(model=model), RejectsDir(str(tmp_path / "tokenizer-rejects"), fs))(_poisoned(16, (3, 11)))
     assert tokenized.num_rows == 16  # the tokenizer takes every row; only the model fails
-    step = ScorePairs(model=model, revision=None, dtype="float32", max_length=512, max_tokens_per_batch=None,
-                      attention="auto", device="cpu", threads=None, stats=_no_stats(),
+    step = ScorePairs(scoring=ScoringConfig(model=model, dtype="float32"), device="cpu", threads=None, stats=_no_stats(),
                       rejects=RejectsDir(str(tmp_path / "rejects"), fs))
     out = step(tokenized)
     assert out.num_rows == 14
@@ -62,29 +68,26 @@ def test_the_scoring_step_rejects_only_the_pairs_the_model_raises_on_and_a_retry
     assert abs(alone - out["score"].to_numpy()).max() < 1e-5
 
 
-def test_a_batch_where_every_pair_fails_alone_fails_instead_of_rejecting_everything(tmp_path, model):
+def test_a_batch_where_every_pair_fails_alone_fails_instead_of_rejecting_everything(tmp_path, model, ray_session):
     fs = pafs.LocalFileSystem()
-    tokenized = tokenize_batch(_poisoned(4, (0, 1, 2, 3)), model=model, revision=None, max_length=512, rename={},
-                               rejects_dir=str(tmp_path / "tokenizer-rejects"), filesystem=fs)
-    step = ScorePairs(model=model, revision=None, dtype="float32", max_length=512, max_tokens_per_batch=None,
-                      attention="auto", device="cpu", threads=None, stats=_no_stats(),
+    tokenized = Tokenize(ScoringConfig(model=model), RejectsDir(str(tmp_path / "tokenizer-rejects"), fs))(_poisoned(4, (0, 1, 2, 3)))
+    step = ScorePairs(scoring=ScoringConfig(model=model, dtype="float32"), device="cpu", threads=None, stats=_no_stats(),
                       rejects=RejectsDir(str(tmp_path / "rejects"), fs))
     with pytest.raises(RuntimeError, match="the model or the device is broken"):
         step(tokenized)
     assert not (tmp_path / "rejects").exists()
 
 
-def test_an_error_outside_the_model_call_is_not_blamed_on_the_rows(tmp_path, model):
+def test_an_error_outside_the_model_call_is_not_blamed_on_the_rows(tmp_path, model, ray_session):
     fs = pafs.LocalFileSystem()
-    tokenized = tokenize_batch(_poisoned(4, ()), model=model, revision=None, max_length=512, rename={},
-                               rejects_dir=str(tmp_path / "tokenizer-rejects"), filesystem=fs)
+    tokenized = Tokenize(ScoringConfig(model=model), RejectsDir(str(tmp_path / "tokenizer-rejects"), fs))(_poisoned(4, ()))
 
     def broken(*args, **kwargs):
         raise ConnectionError("the stats actor is gone")
 
-    stats = SimpleNamespace(add=SimpleNamespace(remote=broken), set_info=SimpleNamespace(remote=lambda info: None))
-    step = ScorePairs(model=model, revision=None, dtype="float32", max_length=512, max_tokens_per_batch=None,
-                      attention="auto", device="cpu", threads=None, stats=stats,
+    stats = SimpleNamespace(add=SimpleNamespace(remote=broken), set_info=SimpleNamespace(remote=lambda info: None),
+                            attempt=SimpleNamespace(remote=_first_attempt))
+    step = ScorePairs(scoring=ScoringConfig(model=model, dtype="float32"), device="cpu", threads=None, stats=stats,
                       rejects=RejectsDir(str(tmp_path / "rejects"), fs))
     with pytest.raises(ConnectionError):
         step(tokenized)
@@ -98,7 +101,7 @@ def test_a_job_with_rows_the_model_raises_on_scores_the_rest_and_rejects_them(tm
     (tmp_path / "in").mkdir()
     for i, table in enumerate(shards):
         pq.write_table(table, tmp_path / "in" / f"part-{i}.parquet")
-    result = rerank(RerankConfig(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=model,
+    result = rerank(RerankConfig.of(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=model,
                                  batch_size=16, progress=False))
     assert result.counts == {**result.counts, "in": 70, "scored": 68, "rejected": 2}
     rejects = pq.read_table(tmp_path / "out" / "rejects", columns=["query_id", "doc_id", "reason"])
@@ -114,12 +117,13 @@ def test_a_job_with_rows_the_model_raises_on_scores_the_rest_and_rejects_them(tm
 
 
 def test_the_teacher_job_rejects_the_rows_the_model_raises_on_with_their_texts(tmp_path, ray_session, model):
-    from ettin_batch.pipeline.teacher import TeacherConfig, teacher_dataset
+    from ettin_batch.config import TeacherConfig
+    from ettin_batch.pipeline.teacher import teacher_dataset
 
     shard = _poisoned(40, (3, 17), seed=2)
     (tmp_path / "in").mkdir()
     pq.write_table(shard, tmp_path / "in" / "part-0.parquet")
-    result = teacher_dataset(TeacherConfig(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=model,
+    result = teacher_dataset(TeacherConfig.of(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=model,
                                            batch_size=16, progress=False))
     assert result.manifest["counts"] == {**result.manifest["counts"], "in": 40, "scored": 38, "rejected": 2}
     rejects = pq.read_table(tmp_path / "out" / "rejects").sort_by("doc_id")

@@ -12,8 +12,8 @@ import pytest
 import s3fs
 
 from ettin_batch.config import RerankConfig
-from ettin_batch.pipeline import rerank
-from ettin_batch.pipeline.job import RunFailed
+from ettin_batch import rerank
+from ettin_batch.errors import RunFailed
 
 from .conftest import TINY, read_parquet_folder, upload_parquet
 from .faults import accounting, make_shards, record
@@ -37,7 +37,7 @@ def store(s3, s3_endpoint):
 def _run(store, proxy, monkeypatch, run: str, **settings):
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
     s3fs.S3FileSystem.clear_instance_cache()
-    return rerank(RerankConfig(input=[f"s3://{store['bucket']}/in/"], output=f"s3://{store['bucket']}/{run}/",
+    return rerank(RerankConfig.of(input=[f"s3://{store['bucket']}/in/"], output=f"s3://{store['bucket']}/{run}/",
                                model=TINY, batch_size=50, progress=False, **settings))
 
 

@@ -9,11 +9,12 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ettin_batch.config import RerankConfig
-from ettin_batch.pipeline import rerank
-from ettin_batch.pipeline.topk import best_k
+from ettin_batch import rerank
+from ettin_batch import ranking
 
 from .conftest import TINY, read_parquet_folder, upload_parquet
 
@@ -61,7 +62,7 @@ def job(s3, ray_session, shards):
     s3.mkdir("ettin-out")
     for i, table in enumerate(shards):
         upload_parquet(s3, table, f"ettin-in/candidates/part-{i}.parquet")
-    config = RerankConfig(input=["s3://ettin-in/candidates/"], output="s3://ettin-out/reranked/run-1/",
+    config = RerankConfig.of(input=["s3://ettin-in/candidates/"], output="s3://ettin-out/reranked/run-1/",
                           model=TINY, top_k=K, batch_size=8, progress=False)
     result = rerank(config)
     out = "ettin-out/reranked/run-1"
@@ -194,41 +195,31 @@ def test_summary_names_counts_speed_and_output(job):
         assert part in text
 
 
-def test_partial_topk_of_blocks_equals_topk_of_the_whole():
+def test_topk_merged_over_many_files_equals_topk_of_the_whole(tmp_path, monkeypatch):
+    from ettin_batch.pipeline import topk
+    from ettin_batch.run_folder import RunFolder
+
     rng = np.random.default_rng(0)
     n = 400
     table = pa.table({"query_id": rng.integers(0, 20, n), "doc_id": rng.permutation(n),
                       "score": rng.integers(0, 5, n).astype(np.float32)})  # many ties
-    whole, whole_rank = best_k(table, 4)
-    parts = [best_k(table.slice(i, 50), 4)[0] for i in range(0, n, 50)]
-    merged, merged_rank = best_k(pa.concat_tables(parts), 4)
-    assert merged.to_pylist() == whole.to_pylist()
-    assert merged_rank.tolist() == whole_rank.tolist()
+    (tmp_path / "scores" / "g0").mkdir(parents=True)
+    for i in range(0, n, 50):
+        pq.write_table(table.slice(i, 50), tmp_path / "scores" / "g0" / f"part-{i:03d}.parquet")
+    monkeypatch.setattr(topk, "MERGE_ROWS", 10)  # merge the kept rows after every few files
+    assert topk.write_topk(RunFolder.open(str(tmp_path), "rerank"), 4, n) == (0, None)
+    whole, whole_rank = ranking.top_k(table, 4)
+    written = pq.read_table(tmp_path / "topk")
+    assert written.select(["query_id", "doc_id", "score"]).to_pylist() == whole.to_pylist()
+    assert written["rank"].to_pylist() == whole_rank.tolist()
 
 
 def test_a_run_where_every_row_is_rejected_still_completes(tmp_path, ray_session):
-    import pyarrow.parquet as pq
-
     table = pa.table({"query_id": ["q1", "q1"], "query": pa.array([None, None], pa.string()),
                       "doc_id": ["d1", "d2"], "document": ["a", "b"], "lang": ["en", "en"]})
     pq.write_table(table, tmp_path / "part-0.parquet")
-    result = rerank(RerankConfig(input=[str(tmp_path / "part-0.parquet")], output=str(tmp_path / "out"),
+    result = rerank(RerankConfig.of(input=[str(tmp_path / "part-0.parquet")], output=str(tmp_path / "out"),
                                  model=TINY, progress=False))
     assert result.counts["scored"] == 0 and result.counts["rejected"] == 2
     assert pq.read_table(tmp_path / "out" / "scores").column_names == ["query_id", "doc_id", "lang", "pair_fingerprint", "score"]
     assert pq.read_table(tmp_path / "out" / "topk").num_rows == 0
-
-
-def test_topk_on_ray_data_equals_the_cut_in_the_driver(job, s3, monkeypatch):
-    # Small runs cut top-k in the driver (TOPK_IN_DRIVER_ROWS); large ones on Ray Data: same result.
-    from ettin_batch import storage
-    from ettin_batch.pipeline import job as job_module
-
-    s3.copy("ettin-out/reranked/run-1/scores", "ettin-out/reranked/topk-on-ray/scores", recursive=True)
-    monkeypatch.setattr(job_module, "TOPK_IN_DRIVER_ROWS", 0)
-    config = RerankConfig(input=["unused"], output="s3://ettin-out/reranked/topk-on-ray/", model=TINY, top_k=K)
-    job_module._topk(config, None, storage.resolve(config.output), job["manifest"]["counts"]["scored"])
-    on_ray = read_parquet_folder(s3, "ettin-out/reranked/topk-on-ray/topk")
-    rows = lambda t: sorted(zip(*(t[c].to_pylist() for c in ("query_id", "rank", "doc_id", "score"))))  # noqa: E731
-    assert on_ray.num_rows == job["topk"].num_rows > 0
-    assert rows(on_ray) == rows(job["topk"])

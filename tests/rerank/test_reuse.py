@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from ettin_batch.config import RerankConfig
-from ettin_batch.pipeline import rerank
-from ettin_batch.pipeline.reuse import FINGERPRINT_COL, ReuseError, open_previous
-from ettin_batch import storage
+from ettin_batch import rerank
+from ettin_batch.errors import InputError
+from ettin_batch.pipeline.reuse import FINGERPRINT_COL, open_previous
+from ettin_batch.run_folder import RunFolder
 
 from .conftest import TINY
 from .faults import accounting, make_shards, write_local
@@ -65,9 +66,9 @@ def nights(tmp_path_factory, ray_session):
     write_local(night1, root / "in1")
     write_local(night2, root / "in2")
     base = dict(model=TINY, dtype="float32", top_k=3, batch_size=64, progress=False)
-    first = rerank(RerankConfig(input=[str(root / "in1")], output=str(root / "night1"), **base))
-    full = rerank(RerankConfig(input=[str(root / "in2")], output=str(root / "full"), **base))
-    incremental = rerank(RerankConfig(input=[str(root / "in2")], output=str(root / "incremental"),
+    first = rerank(RerankConfig.of(input=[str(root / "in1")], output=str(root / "night1"), **base))
+    full = rerank(RerankConfig.of(input=[str(root / "in2")], output=str(root / "full"), **base))
+    incremental = rerank(RerankConfig.of(input=[str(root / "in2")], output=str(root / "incremental"),
                                       reuse=str(root / "night1"), **base))
     return {"root": root, "night2": pa.concat_tables(night2), "changes": changes, "first": first, "full": full,
             "incremental": incremental, "base": base}
@@ -116,7 +117,7 @@ def test_reused_scores_are_the_previous_runs_and_changed_ones_are_new(nights):
 
 def test_other_settings_share_no_fingerprint_so_everything_is_scored(nights, tmp_path):
     root, base = nights["root"], nights["base"]
-    result = rerank(RerankConfig(input=[str(root / "in2")], output=str(tmp_path / "out"), reuse=str(root / "night1"),
+    result = rerank(RerankConfig.of(input=[str(root / "in2")], output=str(tmp_path / "out"), reuse=str(root / "night1"),
                                  **{**base, "max_length": 64}))
     assert result.manifest["reuse"]["usable"] is False
     assert "max_length 512 there, 64 now" in result.manifest["reuse"]["why_not"]
@@ -125,16 +126,20 @@ def test_other_settings_share_no_fingerprint_so_everything_is_scored(nights, tmp
 
 def test_reuse_refuses_unfinished_or_same_folder(nights, tmp_path):
     root = nights["root"]
-    with pytest.raises(ReuseError, match="also the --output"):
-        open_previous(str(root / "night1"), storage.resolve(str(root / "night1") + "/"))
+    out = RunFolder.open(str(tmp_path / "out"), "rerank")
+    with pytest.raises(InputError, match="also the --output"):
+        open_previous(str(root / "night1"), RunFolder.open(str(root / "night1") + "/", "rerank"))
     partial = tmp_path / "partial"
     (partial / "scores").mkdir(parents=True)
-    with pytest.raises(ReuseError, match="not a finished run"):
-        open_previous(str(partial), storage.resolve(str(tmp_path / "out")))
+    with pytest.raises(InputError, match="not the output folder of an `ettin-batch rerank` run"):
+        open_previous(str(partial), out)
+    (partial / "_run.json").write_text(json.dumps({"kind": "rerank"}))
+    with pytest.raises(InputError, match="the run did not finish"):
+        open_previous(str(partial), out)
     old = tmp_path / "old"
     (old / "scores").mkdir(parents=True)
     pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["d"], "score": pa.array([1.0], pa.float32())}),
                    old / "scores" / "part.parquet")
     (old / "_SUCCESS.json").write_text(json.dumps({"counts": {"scored": 1}}))
-    with pytest.raises(ReuseError, match="no pair_fingerprint column"):
-        open_previous(str(old), storage.resolve(str(tmp_path / "out")))
+    with pytest.raises(InputError, match="no pair_fingerprint column"):
+        open_previous(str(old), out)

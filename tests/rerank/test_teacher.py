@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ettin_batch.cli import main
-from ettin_batch.config import ConfigError
-from ettin_batch.pipeline.teacher import TeacherConfig, teacher_dataset
+from ettin_batch.config import ConfigError, TeacherConfig
+from ettin_batch.errors import InputError
+from ettin_batch.pipeline.teacher import teacher_dataset
 
 from .conftest import TINY, read_parquet_folder, upload_parquet
 
@@ -50,7 +51,7 @@ def run(s3, ray_session, shards, tmp_path_factory):
     s3.mkdir("teacher-out")
     for i, table in enumerate(shards):
         upload_parquet(s3, table, f"teacher-in/candidates/part-{i}.parquet")
-    config = TeacherConfig(input=["s3://teacher-in/candidates/"], output="s3://teacher-out/distill/run-1/",
+    config = TeacherConfig.of(input=["s3://teacher-in/candidates/"], output="s3://teacher-out/distill/run-1/",
                            model=TINY, rows_per_file=ROWS_PER_FILE, batch_size=5, progress=False)
     result = teacher_dataset(config)
     out = "teacher-out/distill/run-1"
@@ -174,7 +175,7 @@ def test_teacher_command_reads_rows_per_file_from_the_config_keeps_int_ids_and_p
 
 def test_rows_per_file_must_be_a_positive_integer():
     with pytest.raises(ConfigError, match="--rows-per-file"):
-        TeacherConfig(input=["x"], output="y", model=TINY, rows_per_file=0).validate()
+        TeacherConfig.of(input=["x"], output="y", model=TINY, rows_per_file=0).validate()
 
 
 def test_teacher_command_refuses_top_k_reuse_and_bad_rows_per_file(tmp_path, capsys):
@@ -192,48 +193,26 @@ def test_teacher_command_refuses_top_k_reuse_and_bad_rows_per_file(tmp_path, cap
 def test_an_input_label_column_kept_as_pass_through_is_refused_before_any_work(tmp_path):
     pq.write_table(pa.table({"query_id": ["q"], "query": ["a"], "doc_id": ["d"], "document": ["b"], "label": [1]}),
                    tmp_path / "part-0.parquet")
-    with pytest.raises(ValueError, match="label"):
-        teacher_dataset(TeacherConfig(input=[str(tmp_path)], output=str(tmp_path / "out"), model=TINY,
+    with pytest.raises(InputError, match="label"):
+        teacher_dataset(TeacherConfig.of(input=[str(tmp_path)], output=str(tmp_path / "out"), model=TINY,
                                       passthrough=None))
     assert not (tmp_path / "out").exists()
 
 
-# --- re-attaching the texts after the tokenize step ---------------------------------------------
+# --- texts travel with their rows ------------------------------------------------------------------
 
-SCORABLE = pa.table({"query_id": ["q1", "q1", "q2", "q2"], "doc_id": ["a", "b", "a", "c"],
-                     "query": ["one", "one", "two", "two"], "document": ["A", "B", "A2", "C"]})
-
-
-def test_texts_follow_the_tokenized_rows_when_the_tokenizer_rejected_some():
-    from ettin_batch.pipeline.teacher import texts_of
-
-    tokenized = SCORABLE.select(["query_id", "doc_id"]).take([0, 2, 3])  # row 1 refused by the tokenizer
-    texts = texts_of(SCORABLE, tokenized)
-    assert texts.select(["doc_id", "document"]).to_pylist() == [
-        {"doc_id": "a", "document": "A"}, {"doc_id": "a", "document": "A2"}, {"doc_id": "c", "document": "C"}]
-
-
-def test_duplicate_pairs_with_rows_refused_by_the_tokenizer_stop_the_job_rather_than_mislabel():
-    from ettin_batch.pipeline.teacher import texts_of
-
-    scorable = pa.concat_tables([SCORABLE, SCORABLE.slice(0, 1)])
-    with pytest.raises(RuntimeError, match="same \\(query_id, doc_id\\) twice"):
-        texts_of(scorable, scorable.take([1, 2, 3, 4]))
-    assert texts_of(scorable, scorable) is scorable  # nothing refused: duplicates are no problem
-
-
-def test_a_row_the_tokenizer_refuses_is_rejected_and_the_other_rows_keep_their_own_texts(tmp_path):
-    import pyarrow.fs as pafs
-
-    from ettin_batch.pipeline.teacher import tokenize_keeping_text
-
+def test_a_pair_listed_twice_beside_a_row_the_tokenizer_refuses_keeps_each_rows_own_texts(tmp_path, ray_session):
     from .faults import invalid_utf8_strings
 
-    docs = [b"water", b"caf\xe9 au lait", b"a river at night"]  # the middle one is Latin-1 in a UTF-8 column
-    batch = pa.table({"query_id": ["q", "q", "q"], "query": ["rivers"] * 3, "doc_id": ["a", "b", "c"],
-                      "document": invalid_utf8_strings(docs)})
-    out = tokenize_keeping_text(batch, model=TINY, revision=None, max_length=64, rename={},
-                                rejects_dir=str(tmp_path), filesystem=pafs.LocalFileSystem())
-    assert out["doc_id"].to_pylist() == ["a", "c"]
-    assert out["_teacher_document"].to_pylist() == ["water", "a river at night"]
-    assert pq.read_table(tmp_path)["doc_id"].to_pylist() == ["b"]
+    docs = [b"water", b"caf\xe9 au lait", b"a river at night", b"a river at dawn"]  # [1] is Latin-1, not UTF-8
+    pq.write_table(pa.table({"query_id": ["q"] * 4, "query": ["rivers"] * 4, "doc_id": ["a", "b", "c", "c"],
+                             "document": invalid_utf8_strings(docs)}), tmp_path / "part-0.parquet")
+    result = teacher_dataset(TeacherConfig.of(input=[str(tmp_path / "part-0.parquet")], output=str(tmp_path / "out"),
+                                              model=TINY, progress=False))
+    data = pq.read_table(tmp_path / "out" / "data").sort_by([("doc_id", "ascending"), ("document", "ascending")])
+    assert list(zip(data["doc_id"].to_pylist(), data["document"].to_pylist())) == [
+        ("a", "water"), ("c", "a river at dawn"), ("c", "a river at night")]
+    rejects = pq.read_table(tmp_path / "out" / "rejects")
+    assert rejects["doc_id"].to_pylist() == ["b"] and "not valid UTF-8" in rejects["reason"][0].as_py()
+    assert rejects["document"].to_pylist() == ["caf\ufffd au lait"]  # readable, its bad byte replaced
+    assert result.counts == {**result.counts, "in": 4, "scored": 3, "rejected": 1}

@@ -13,10 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ettin_batch import storage
-from ettin_batch.config import RerankConfig
 from ettin_batch.evaluation import EvaluationWarning, evaluate
-from ettin_batch.pipeline.job import _topk
+from ettin_batch.pipeline.topk import write_topk
+from ettin_batch.run_folder import RunFolder
 
 K = 5
 AT_K = [f"ndcg@{K}", f"p@{K}", f"recall@{K}", f"mrr@{K}", f"map@{K}"]
@@ -61,21 +60,14 @@ def _ascending_tie_topk(scores: pa.Table) -> pa.Table:
     return pa.Table.from_pylist(kept, schema=scores.schema)
 
 
-@pytest.mark.parametrize("where", ["ray", "driver"])
 @pytest.mark.parametrize("id_type", [pa.string(), pa.int64()], ids=["string-ids", "int64-ids"])
-def test_eval_of_topk_equals_eval_of_scores_with_ties_at_the_kth_place(tmp_path, ray_session, id_type, where,
-                                                                        monkeypatch):
-    from ettin_batch.pipeline import job
-
-    if where == "ray":  # small runs cut top-k in the driver; force the partial top-k + groupby plan
-        monkeypatch.setattr(job, "TOPK_IN_DRIVER_ROWS", 0)
+def test_eval_of_topk_equals_eval_of_scores_with_ties_at_the_kth_place(tmp_path, id_type):
     scores, qrels = _tied_scores(id_type)
-    out = storage.resolve(str(tmp_path / "out"))
     (tmp_path / "out" / "scores").mkdir(parents=True)
     for i, part in enumerate(np.array_split(np.random.default_rng(1).permutation(scores.num_rows), 3)):
-        # Each query's candidates spread over three files, so the partial top-k per block matters.
+        # Each query's candidates spread over three files, so the partial top-k per file matters.
         pq.write_table(scores.take(pa.array(part)), tmp_path / "out" / "scores" / f"part-{i}.parquet")
-    _topk(RerankConfig(input=["unused"], output=out.path, top_k=K), None, out, scores.num_rows)
+    write_topk(RunFolder.open(str(tmp_path / "out"), "rerank"), K, scores.num_rows)
 
     topk = pq.read_table(tmp_path / "out" / "topk")
     assert topk.num_rows == 30 * K and topk.schema.field("doc_id").type == id_type
