@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 
-import fsspec
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -223,50 +221,3 @@ def _joined_text(lines: pa.ChunkedArray | pa.Array) -> str:
         offsets = np.frombuffer(chunk.buffers()[1], np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
         parts.append(chunk.buffers()[2][offsets[0] : offsets[-1]].to_pybytes().decode())
     return "".join(parts)
-
-
-# Until labels and beir use storage and ranking (next commits).
-
-
-def url_to_fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Resolve a local path or URL (s3://, gs://, file://) to an fsspec filesystem and a path on it.
-
-    s3fs honours AWS_ENDPOINT_URL (pyarrow's own S3FileSystem does not), so this is
-    the door for object storage.
-    """
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    return fs, fs_path
-
-
-def trec_order(table: pa.Table, score_col: str = "score") -> tuple[pa.Table, np.ndarray]:
-    """Sort rows the way trec_eval ranks them and give each row its 0-based rank within its query.
-
-    Order: query_id ascending (only to group), score descending, doc_id descending
-    in byte order, which is trec_eval's tie-break. query_id and doc_id must be
-    strings (see `ids_as_strings`); Arrow compares strings by bytes, like strcmp.
-    Returns the sorted table and an int64 array of ranks (0 = best).
-    """
-    order = pc.sort_indices(
-        table,
-        sort_keys=[("query_id", "ascending"), (score_col, "descending"), ("doc_id", "descending")],
-    )
-    table = table.take(order)
-    return table, ranks_within_groups(table["query_id"])
-
-
-def group_starts(qids: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Start offsets of runs of equal values in a sorted id column, plus the total length at the end."""
-    n = len(qids)
-    if n == 0:
-        return np.zeros(1, dtype=np.int64)
-    if isinstance(qids, pa.ChunkedArray):
-        qids = qids.combine_chunks()
-    changed = pc.not_equal(qids.slice(1), qids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-    return np.concatenate([[0], np.flatnonzero(changed) + 1, [n]]).astype(np.int64)
-
-
-def ranks_within_groups(qids: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """0-based position of each row within its run of equal ids (the column must be sorted by id)."""
-    starts = group_starts(qids)
-    sizes = np.diff(starts)
-    return np.arange(len(qids), dtype=np.int64) - np.repeat(starts[:-1], sizes)

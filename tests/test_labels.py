@@ -116,7 +116,7 @@ def test_top_n_with_a_pair_scored_twice_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_per_block_candidates_and_one_cutoff_per_query_select_the_same_top_n_as_trec_order(seed):
+def test_per_block_candidates_and_one_cutoff_per_query_select_the_same_top_n_as_trec_eval_order(seed):
     """The Ray path's arithmetic, run here without Ray: blocks cut alone, cutoffs from the union."""
     from ettin_batch.pipeline.top_n_labels import block_candidates, query_cutoffs, relevant_mask
 
