@@ -94,7 +94,7 @@ def child(step: str, work: str, top_n: int) -> dict:
     t0 = time.perf_counter()
     if step == "labels-top-n-in-process":
         labels.TOP_N_IN_PROCESS_ROWS = 10**12
-        result = labels.backfill_labels(scores, out, top_n_relevant=top_n)["grade_counts"]
+        result = labels.backfill_labels(scores, out, top_n_relevant=top_n, overwrite=True)["grade_counts"]
     elif step == "labels-top-n-ray":
         import ray
 
@@ -102,10 +102,10 @@ def child(step: str, work: str, top_n: int) -> dict:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         t0 = time.perf_counter()  # Ray's start is not the labels' cost
-        result = labels.backfill_labels(scores, out, top_n_relevant=top_n)["grade_counts"]
+        result = labels.backfill_labels(scores, out, top_n_relevant=top_n, overwrite=True)["grade_counts"]
         ray.shutdown()
     elif step == "labels-thresholds":
-        result = labels.backfill_labels(scores, out, thresholds="-2,0,2")["grade_counts"]
+        result = labels.backfill_labels(scores, out, thresholds="-2,0,2", overwrite=True)["grade_counts"]
     else:
         from ettin_batch.evaluation import evaluate
 

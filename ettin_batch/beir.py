@@ -3,15 +3,18 @@
     ettin-batch beir --beir datasets/scifact --run bm25.trec --output out/scifact \\
         --model cross-encoder/ettin-reranker-17m-v1 --depth 100 --metrics ndcg@10,recall@100
 
-The steps, each a function here, write under OUT:
+The steps, each a function here, write under OUT, an ettin-batch run folder of kind "beir":
 
     read_run, read_beir_qrels   the run (TREC file or Parquet) and qrels/<split>.tsv
     cut_run                     the run's queries judged in the split, top `depth` each (trec_eval's order)
     read_queries, read_corpus   the texts of those queries and documents only: one pass over each file
     write_candidates            OUT/candidates/*.parquet and OUT/qrels.parquet
-    rerank                      OUT/rerank/ (the rerank job: scores/, topk/, rejects/, _SUCCESS.json)
+    rerank                      OUT/rerank/ (the rerank job's own run folder: scores/, topk/, rejects/, _SUCCESS.json)
     evaluate                    OUT/rerank/scores/ against the qrels, `retrieval_score` as the baseline
-                                -> OUT/eval.json
+                                -> OUT/eval.json, then OUT/_SUCCESS.json, last
+
+A finished OUT is refused unless overwrite (before the corpus is read); an OUT whose run stopped
+part-way is taken up again with the same settings, and the rerank inside it resumes.
 
 BEIR's conventions, followed so the numbers compare with published ones:
 - a document's text is `(title + " " + text).strip()`, as BEIR's `Rerank` (beir.reranking)
@@ -41,12 +44,10 @@ on 2 CPU cores; the rerank job after it costs far more.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import posixpath
 import re
-import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -55,16 +56,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ettin_batch import evaluation, storage, trec
-from ettin_batch.config import Columns, ConfigError, RerankConfig
-from ettin_batch.trec import TrecInputError
+from ettin_batch import __version__, evaluation, ranking, storage, trec
+from ettin_batch.config import Columns, RerankConfig
+from ettin_batch.errors import ConfigError, InputError, OutputError
+from ettin_batch.run_folder import CANDIDATES, EVAL, QRELS_PARQUET, RECORD, RERANK, SCORES, SUCCESS, RunFolder
 
 DEFAULT_DEPTH = 100
 DEFAULT_SPLIT = "test"
-CANDIDATES = "candidates"
-RERANK = "rerank"
-QRELS = "qrels.parquet"
-EVAL = "eval.json"
 BASELINE_COL = "retrieval_score"
 DEFAULT_ROWS_PER_FILE = 100_000
 
@@ -74,8 +72,8 @@ CANDIDATE_SCHEMA = pa.schema([
 ])
 
 
-class BeirInputError(TrecInputError):
-    """A BEIR folder or run that cannot be used as given; the message names the file and line."""
+# read_run raises this name; it is InputError (issue 13 item 10 is changing read_run's body).
+BeirInputError = InputError
 
 
 class BeirWarning(UserWarning):
@@ -121,10 +119,8 @@ class BeirConfig:
                 raise ConfigError(f"{name}={value!r} must be a positive integer ({flag})")
         if not self.metrics:
             raise ConfigError("no metrics: pass --metrics, e.g. ndcg@10,recall@100")
-        try:
-            [evaluation.parse_metric(m) for m in self.metrics]
-        except evaluation.EvaluationError as e:
-            raise ConfigError(str(e)) from None
+        for metric in self.metrics:
+            evaluation.parse_metric(metric)  # ConfigError for a name eval does not know
         if self.rerank.columns != Columns() or self.rerank.passthrough is not None:
             raise ConfigError("the beir command writes the candidates itself: leave `columns` and `passthrough` "
                               "out of the rerank settings (every candidate column is kept in scores/)")
@@ -137,11 +133,11 @@ class BeirConfig:
 # ---------------------------------------------------------------- reading
 
 
-def _open(path: str, what: str):
-    fs, p = trec.url_to_fs(path)
-    if not fs.isfile(p):
-        raise BeirInputError(f"{path}: no such file ({what})")
-    return fs.open(p, "rb")
+def _open(path: str, what: str, s3_max_attempts: int | None = None):
+    loc = storage.resolve(path, s3_max_attempts=s3_max_attempts)
+    if not loc.fs.isfile(loc.path):
+        raise InputError(f"{path}: no such file ({what})")
+    return loc.fs.open(loc.path, "rb")
 
 
 def read_run(path: str) -> pa.Table:
@@ -201,36 +197,44 @@ def _locate(path: str, mask, nth: int = 1) -> str:
     return path
 
 
-def read_beir_qrels(path: str) -> pa.Table:
+def read_beir_qrels(path: str, s3_max_attempts: int | None = None) -> pa.Table:
     """Read BEIR qrels (`query-id <TAB> corpus-id <TAB> score`, a header line first).
 
     Returns query_id, doc_id (strings) and relevance (int64). The first line is skipped when
     it is the header (its score is not an integer), as BEIR's loader skips it; any later line
-    without three fields or an integer grade is an error naming the line.
+    without three fields or an integer grade, or that is not UTF-8 text, is an error naming the line.
     """
     qids, docs, grades = [], [], []
-    with _open(path, "qrels") as f:
+    with _open(path, "qrels", s3_max_attempts) as f:
         for lineno, raw in enumerate(f, start=1):
-            line = raw.decode("utf-8").rstrip("\r\n")
+            line = _text(raw, path, lineno)
             if not line.strip():
                 continue
             fields = line.split("\t") if "\t" in line else line.split()
             if len(fields) != 3:
-                raise BeirInputError(f"{path}:{lineno}: a qrels line has 3 tab-separated fields "
+                raise InputError(f"{path}:{lineno}: a qrels line has 3 tab-separated fields "
                                      f"(query-id corpus-id score), got {len(fields)}: {line!r}")
             try:
                 grade = int(fields[2])
             except ValueError:
                 if lineno == 1:
                     continue  # the header
-                raise BeirInputError(f"{path}:{lineno}: score must be an integer grade, got {fields[2]!r}") from None
+                raise InputError(f"{path}:{lineno}: score must be an integer grade, got {fields[2]!r}") from None
             qids.append(fields[0])
             docs.append(fields[1])
             grades.append(grade)
     if not qids:
-        raise BeirInputError(f"{path}: no judgments")
+        raise InputError(f"{path}: no judgments")
     return pa.table({"query_id": pa.array(qids, pa.string()), "doc_id": pa.array(docs, pa.string()),
                      "relevance": pa.array(grades, pa.int64())})
+
+
+def _text(raw: bytes, path: str, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}:{lineno}: not UTF-8 text (byte {e.start} of the line is {raw[e.start:e.start + 1]!r}); "
+                         "is it a binary or compressed file? BEIR qrels are tab-separated text") from None
 
 
 # A BEIR line starts with its id: `{"_id": "MED-10", "title": ...}`. Matching that prefix lets
@@ -239,10 +243,10 @@ def read_beir_qrels(path: str) -> pa.Table:
 _ID_PREFIX = re.compile(rb'\{\s*"_id"\s*:\s*"([^"\\]*)"')
 
 
-def _jsonl_records(path: str, what: str, needed: set[str]):
+def _jsonl_records(path: str, what: str, needed: set[str], s3_max_attempts: int | None = None):
     """Yield (line number, id, record) for the lines of a BEIR .jsonl file whose `_id` is in `needed`."""
     wanted = {i.encode("utf-8") for i in needed}
-    with _open(path, what) as f:
+    with _open(path, what, s3_max_attempts) as f:
         for lineno, raw in enumerate(f, start=1):
             m = _ID_PREFIX.match(raw)
             if m is not None and m.group(1) not in wanted:
@@ -252,9 +256,9 @@ def _jsonl_records(path: str, what: str, needed: set[str]):
             try:
                 record = json.loads(raw)
             except ValueError as e:
-                raise BeirInputError(f"{path}:{lineno}: not a JSON line ({e})") from None
+                raise InputError(f"{path}:{lineno}: not a JSON line ({e})") from None
             if not isinstance(record, dict) or record.get("_id") is None:
-                raise BeirInputError(f"{path}:{lineno}: a {what} line is a JSON object with an \"_id\"")
+                raise InputError(f"{path}:{lineno}: a {what} line is a JSON object with an \"_id\"")
             doc_id = str(record["_id"])
             if doc_id in needed:
                 yield lineno, doc_id, record
@@ -265,30 +269,30 @@ def _text_field(record: dict, key: str, path: str, lineno: int) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise BeirInputError(f"{path}:{lineno}: \"{key}\" must be a string, got {type(value).__name__}")
+        raise InputError(f"{path}:{lineno}: \"{key}\" must be a string, got {type(value).__name__}")
     return value
 
 
-def read_queries(path: str, needed: set[str]) -> dict[str, str]:
+def read_queries(path: str, needed: set[str], s3_max_attempts: int | None = None) -> dict[str, str]:
     """Query id -> text for the ids in `needed`, from queries.jsonl (`_id`, `text`)."""
     found: dict[str, str] = {}
     lines: dict[str, int] = {}
-    for lineno, qid, record in _jsonl_records(path, "query", needed):
+    for lineno, qid, record in _jsonl_records(path, "query", needed, s3_max_attempts):
         if qid in found:
-            raise BeirInputError(f"{path}:{lineno}: query {qid!r} is defined again (first at line {lines[qid]})")
+            raise InputError(f"{path}:{lineno}: query {qid!r} is defined again (first at line {lines[qid]})")
         if not isinstance(record.get("text"), str):
-            raise BeirInputError(f"{path}:{lineno}: query {qid!r} has no \"text\" string")
+            raise InputError(f"{path}:{lineno}: query {qid!r} has no \"text\" string")
         found[qid], lines[qid] = record["text"], lineno
     return found
 
 
-def read_corpus(path: str, needed: set[str]) -> dict[str, str]:
+def read_corpus(path: str, needed: set[str], s3_max_attempts: int | None = None) -> dict[str, str]:
     """Document id -> `(title + " " + text).strip()` for the ids in `needed`, in one pass over corpus.jsonl."""
     found: dict[str, str] = {}
     lines: dict[str, int] = {}
-    for lineno, doc_id, record in _jsonl_records(path, "corpus", needed):
+    for lineno, doc_id, record in _jsonl_records(path, "corpus", needed, s3_max_attempts):
         if doc_id in found:
-            raise BeirInputError(f"{path}:{lineno}: document {doc_id!r} is defined again "
+            raise InputError(f"{path}:{lineno}: document {doc_id!r} is defined again "
                                  f"(first at line {lines[doc_id]})")
         title, text = _text_field(record, "title", path, lineno), _text_field(record, "text", path, lineno)
         found[doc_id], lines[doc_id] = (title + " " + text).strip(), lineno
@@ -308,7 +312,7 @@ def cut_run(run: pa.Table, judged_qids: pa.Array, depth: int) -> tuple[pa.Table,
     run_queries = len(pc.unique(run["query_id"]))
     run = run.filter(judged)
     dropped = run_queries - len(pc.unique(run["query_id"]))
-    ordered, ranks = trec.trec_order(run)
+    ordered, ranks = ranking.ranked(run)
     keep = ranks < depth
     ordered = ordered.filter(pa.array(keep))
     return pa.table({"query_id": ordered["query_id"], "doc_id": ordered["doc_id"],
@@ -321,12 +325,12 @@ def _texts(ids: pa.ChunkedArray, found: dict[str, str]) -> pa.Array:
 
 
 def _missing_error(run_path: str, run: pa.Table, col: str, found: dict[str, str], needed: pa.Table,
-                   file: str, what: str) -> BeirInputError:
+                   file: str, what: str) -> InputError:
     """The error for ids of the cut run (`needed`) not found in `file`, located in the run as read."""
     absent = pc.invert(pc.is_in(needed[col], value_set=pa.array(list(found), pa.string())))
     ids = pc.unique(pc.filter(needed[col], absent))
     first = ids[0].as_py()
-    return BeirInputError(
+    return InputError(
         f"{_locate(run_path, pc.equal(run[col], first))}: {what} {first!r} is not in {file} "
         f"({len(ids)} {what} id(s) of the run are missing from it). Use the run made for this dataset, "
         "or remove those lines from the run.")
@@ -340,59 +344,78 @@ def build_candidates(config: BeirConfig) -> dict:
     on every call, with the same names and contents for the same inputs, so an interrupted
     rerank of them resumes.
     """
-    fs, root = trec.url_to_fs(config.beir)
-    if not fs.isdir(root):
-        raise BeirInputError(f"{config.beir}: no such folder (the BEIR dataset: corpus.jsonl, queries.jsonl, qrels/)")
-    qrels_path = posixpath.join(config.beir.rstrip("/"), "qrels", f"{config.split}.tsv")
-    if not fs.isfile(posixpath.join(root, "qrels", f"{config.split}.tsv")):
-        tsvs = fs.glob(posixpath.join(root, "qrels", "*.tsv"))
-        splits = sorted(posixpath.basename(p).removesuffix(".tsv") for p in tsvs)
-        raise BeirInputError(f"{qrels_path}: no such file; splits in {config.beir}/qrels: {splits or 'none'}")
-    qrels = read_beir_qrels(qrels_path)
+    candidates, qrels, counts = collect_candidates(config)
+    write_candidates(config, candidates, qrels)
+    return counts
+
+
+def collect_candidates(config: BeirConfig) -> tuple[pa.Table, pa.Table, dict]:
+    """The candidates, the split's qrels and the counts `build_candidates` returns; writes nothing, and
+    raises every error about the inputs (InputError naming the file and line)."""
+    s3 = config.rerank.s3_max_attempts
+    qrels_path, qrels = _split_qrels(config)
     run = read_run(config.run)
     if run.num_rows == 0:
-        raise BeirInputError(f"{config.run}: the run is empty")
+        raise InputError(f"{config.run}: the run is empty")
     notes: list[str] = []
     cut, dropped = cut_run(run, pc.unique(qrels["query_id"]), config.depth)
     run_queries = dropped + len(pc.unique(cut["query_id"]))
     if cut.num_rows == 0:
-        raise BeirInputError(f"{config.run}: none of its {run_queries} queries is judged in {qrels_path}; "
-                             f"run ids look like {pc.unique(run['query_id'])[:3].to_pylist()}, "
-                             f"qrels ids like {pc.unique(qrels['query_id'])[:3].to_pylist()}")
+        raise InputError(f"{config.run}: none of its {run_queries} queries is judged in {qrels_path}; "
+                         f"run ids look like {pc.unique(run['query_id'])[:3].to_pylist()}, "
+                         f"qrels ids like {pc.unique(qrels['query_id'])[:3].to_pylist()}")
     if dropped:
         message = (f"{dropped} of {run_queries} run queries have no judgments in {qrels_path} "
                    "and are not reranked (BEIR evaluates the split's judged queries only)")
         notes.append(message)
-        warnings.warn(message, BeirWarning, stacklevel=2)
+        warnings.warn(message, BeirWarning, stacklevel=3)
 
     query_ids = set(pc.unique(cut["query_id"]).to_pylist())
     queries_path = posixpath.join(config.beir.rstrip("/"), "queries.jsonl")
-    queries = read_queries(queries_path, query_ids)
+    queries = read_queries(queries_path, query_ids, s3)
     if len(queries) < len(query_ids):
         raise _missing_error(config.run, run, "query_id", queries, cut, queries_path, "query")
     doc_ids = set(pc.unique(cut["doc_id"]).to_pylist())
     corpus_path = posixpath.join(config.beir.rstrip("/"), "corpus.jsonl")
-    documents = read_corpus(corpus_path, doc_ids)
+    documents = read_corpus(corpus_path, doc_ids, s3)
     if len(documents) < len(doc_ids):
         raise _missing_error(config.run, run, "doc_id", documents, cut, corpus_path, "document")
 
     candidates = pa.table([cut["query_id"], _texts(cut["query_id"], queries), cut["doc_id"],
                            _texts(cut["doc_id"], documents), cut[BASELINE_COL], cut["retrieval_rank"]],
                           schema=CANDIDATE_SCHEMA)
-    out = storage.resolve(config.output)
+    per_query = np.diff(ranking.group_starts(cut["query_id"]))
+    return candidates, qrels, {
+        "run_queries": run_queries, "queries": len(query_ids), "pairs": candidates.num_rows,
+        "documents": len(doc_ids), "files": max(1, math.ceil(candidates.num_rows / config.rows_per_file)),
+        "queries_without_judgments": dropped, "queries_below_depth": int((per_query < config.depth).sum()),
+        "warnings": notes}
+
+
+def _split_qrels(config: BeirConfig) -> tuple[str, pa.Table]:
+    """qrels/<split>.tsv of the BEIR folder, its path as the user spells it, and its judgments."""
+    s3 = config.rerank.s3_max_attempts
+    beir = storage.resolve(config.beir, s3_max_attempts=s3)
+    if not beir.fs.isdir(beir.path):
+        raise InputError(f"{config.beir}: no such folder (the BEIR dataset: corpus.jsonl, queries.jsonl, qrels/)")
+    qrels_path = posixpath.join(config.beir.rstrip("/"), "qrels", f"{config.split}.tsv")
+    if not beir.fs.isfile(beir.join("qrels", f"{config.split}.tsv")):
+        tsvs = beir.fs.glob(beir.join("qrels", "*.tsv"))
+        splits = sorted(posixpath.basename(p).removesuffix(".tsv") for p in tsvs)
+        raise InputError(f"{qrels_path}: no such file; splits in {config.beir}/qrels: {splits or 'none'}")
+    return qrels_path, read_beir_qrels(qrels_path, s3)
+
+
+def write_candidates(config: BeirConfig, candidates: pa.Table, qrels: pa.Table) -> None:
+    """OUT/candidates/part-NNNNN.parquet, `rows_per_file` rows each (replacing what was there), and OUT/qrels.parquet."""
+    out = storage.resolve(config.output, s3_max_attempts=config.rerank.s3_max_attempts)
     folder = out.join(CANDIDATES)
     storage.remove_tree(out, folder)
     out.pa_fs.create_dir(folder, recursive=True)
-    files = max(1, math.ceil(candidates.num_rows / config.rows_per_file))
-    for i in range(files):
+    for i in range(max(1, math.ceil(candidates.num_rows / config.rows_per_file))):
         part = candidates.slice(i * config.rows_per_file, config.rows_per_file)
         pq.write_table(part, out.join(CANDIDATES, f"part-{i:05d}.parquet"), filesystem=out.pa_fs)
-    pq.write_table(qrels, out.join(QRELS), filesystem=out.pa_fs)
-
-    per_query = np.diff(trec.group_starts(cut["query_id"]))
-    return {"run_queries": run_queries, "queries": len(query_ids), "pairs": candidates.num_rows,
-            "documents": len(doc_ids), "files": files, "queries_without_judgments": dropped,
-            "queries_below_depth": int((per_query < config.depth).sum()), "warnings": notes}
+    pq.write_table(qrels, out.join(QRELS_PARQUET), filesystem=out.pa_fs)
 
 
 # ---------------------------------------------------------------- the whole command
@@ -415,52 +438,79 @@ class BeirResult:
             f"(depth {self.evaluation['depth']}) "
             f"from {c['documents']:,} documents",
             evaluation.format_table(self.evaluation),
-            f"  written: {self.output}  ({CANDIDATES}/, {QRELS}, {RERANK}/, {EVAL})",
+            f"  written: {self.output}  ({CANDIDATES}/, {QRELS_PARQUET}, {RERANK}/, {EVAL}, {SUCCESS})",
         ])
-
-
-def _refuse_finished_rerank(config: BeirConfig) -> None:
-    from ettin_batch.pipeline import manifest as mf
-    from ettin_batch.pipeline.job import OutputError
-
-    # Before the corpus scan (minutes on a large corpus), not after it, where the rerank job would refuse.
-    out = storage.resolve(config.rerank.output)
-    if out.fs.exists(out.join(mf.SUCCESS)) and not config.rerank.overwrite:
-        raise OutputError(f"{out.url(out.join(mf.SUCCESS))} exists: that rerank finished. Pass --overwrite to "
-                          f"redo it, or `ettin-batch eval --run {out.url()} --qrels ...` to evaluate it again.")
 
 
 def beir_rerank(config: BeirConfig) -> BeirResult:
     """Candidates from the BEIR folder and run, the rerank job on them, and pytrec_eval's numbers for
     the reranked order and the first-stage order (baseline) of the same candidates.
 
-    Writes OUT/candidates/, OUT/qrels.parquet, OUT/rerank/ and OUT/eval.json. Raises BeirInputError
-    (a TrecInputError) on bad input, before Ray starts; the rerank job's own errors as `rerank` raises them.
+    Writes OUT/candidates/, OUT/qrels.parquet, OUT/rerank/, OUT/eval.json and, last, OUT/_SUCCESS.json
+    (OUT is a RunFolder of kind "beir"). A finished OUT is refused unless config.rerank.overwrite,
+    before the corpus is read; an OUT left part-way by the same settings is taken up again, and the
+    rerank in it resumes. Raises ConfigError, InputError or OutputError before anything is written or
+    Ray starts; the rerank job's own errors as `rerank` raises them.
     """
-    from ettin_batch.pipeline import rerank
+    from ettin_batch.engine.loading import check_model
+    from ettin_batch.pipeline.rerank import rerank
 
     config.validate()
-    _refuse_finished_rerank(config)
-    counts = build_candidates(config)
+    folder = RunFolder.open(config.output, "beir", s3_max_attempts=config.rerank.s3_max_attempts)
+    fingerprint = _fingerprint(config)
+    # Before the corpus scan (minutes on a large corpus), not after it.
+    folder.check(overwrite=config.rerank.overwrite, inputs=[config.run], fingerprint=fingerprint)
+    _refuse_finished_rerank(folder, config, fingerprint)
+    candidates, qrels, counts = collect_candidates(config)
+    scoring = config.rerank.scoring
+    check_model(scoring.model, scoring.revision, scoring.max_length)  # a wrong model fails before OUT is replaced
+    folder.begin()
+    write_candidates(config, candidates, qrels)
     result = rerank(config.rerank)
-    out = storage.resolve(config.output)
+    report = _evaluate(config, folder, result, counts)
+    folder.finish({"status": "success", "beir": config.beir, "split": config.split, "run": config.run,
+                   "depth": config.depth, "rerank": result.output, "eval": folder.url(EVAL),
+                   "metrics": report["metrics"], "num_queries": report["num_queries"], "package_version": __version__})
+    return BeirResult(output=folder.url(), candidates=counts, rerank=result, evaluation=report)
+
+
+def _fingerprint(config: BeirConfig) -> dict:
+    """What an unfinished OUT must have been started with to be taken up again rather than replaced."""
+    s3 = config.rerank.s3_max_attempts
+    return {"beir": storage.resolve(config.beir, s3_max_attempts=s3).url(),
+            "run": storage.resolve(config.run, s3_max_attempts=s3).url(),
+            "split": config.split, "depth": config.depth, "rows_per_file": config.rows_per_file}
+
+
+def _refuse_finished_rerank(folder: RunFolder, config: BeirConfig, fingerprint: dict) -> None:
+    """An OUT that is taken up again (no _SUCCESS.json, the same settings) whose rerank finished: refused
+    unless overwrite, here rather than after the corpus scan, where the rerank job would refuse it."""
+    record = folder.read_json(RECORD) or {}
+    if config.rerank.overwrite or record.get("fingerprint") != fingerprint or not folder.exists(RERANK, SUCCESS):
+        return
+    raise OutputError(f"{folder.url(RERANK, SUCCESS)} exists: that rerank finished. Pass --overwrite to redo it, "
+                      f"or `ettin-batch eval --run {folder.url(RERANK)} --qrels ...` to evaluate it again.")
+
+
+def _evaluate(config: BeirConfig, folder: RunFolder, result, counts: dict) -> dict:
+    """OUT/rerank/scores/ against OUT/qrels.parquet, the first-stage order as the baseline: OUT/eval.json."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", evaluation.EvaluationWarning)  # listed in the result's warnings
-        numbers = evaluation.evaluate(result.output, out.url(out.join(QRELS)), config.metrics,
-                                      baseline_col=BASELINE_COL)
+        numbers = evaluation.evaluate(result.output, folder.url(QRELS_PARQUET), config.metrics,
+                                      baseline_col=BASELINE_COL, s3_max_attempts=config.rerank.s3_max_attempts)
     model = result.manifest["model"]
     report = {
         "metrics": numbers["metrics"], "baseline": numbers["baseline"], "delta": numbers["delta"],
         "num_queries": numbers["num_queries"], "warnings": counts["warnings"] + numbers["warnings"],
         "beir": config.beir, "split": config.split, "run": config.run, "depth": config.depth,
         "model": {k: model.get(k) for k in ("model_id", "revision", "is_random", "dtype")},
-        "max_length": config.rerank.max_length,
+        "max_length": config.rerank.scoring.max_length,
         "candidates": {k: v for k, v in counts.items() if k != "warnings"},
-        "scores": f"{result.output.rstrip('/')}/scores",
+        "scores": f"{result.output.rstrip('/')}/{SCORES}",
     }
-    storage.write_json(out, out.join(EVAL), report)
-    return BeirResult(output=out.url(), candidates=counts, rerank=result, evaluation=report)
+    storage.write_json(folder.loc, folder.path(EVAL), report)
+    return report
 
 
-__all__ = ["BeirConfig", "BeirResult", "BeirInputError", "BeirWarning", "beir_rerank", "build_candidates",
-           "read_run", "read_beir_qrels", "read_queries", "read_corpus", "cut_run"]
+__all__ = ["BeirConfig", "BeirResult", "BeirWarning", "beir_rerank", "build_candidates", "collect_candidates",
+           "write_candidates", "read_run", "read_beir_qrels", "read_queries", "read_corpus", "cut_run"]

@@ -25,6 +25,8 @@ Semantics, all inherited from pytrec_eval / trec_eval and reported as warnings:
 - a document is relevant at grade >= 1; nDCG uses the grade as gain, negatives count 0;
 - a (query, doc) pair scored twice is an error (pytrec_eval would keep one score
   silently); it is checked on the judged queries, the only ones that count.
+A run that an ettin-batch job has not finished (its folder, scores/ or topk/ without
+_SUCCESS.json) holds part of its pairs at most: it is refused unless allow_unfinished.
 Metric names: ndcg, ndcg@k, map, map@k, recall@k, p@k, mrr, mrr@k. pytrec_eval
 has no cut recip_rank, so mrr@k is recip_rank where the first relevant document
 is within rank k and 0 otherwise, which is recip_rank on the run cut at k.
@@ -32,10 +34,7 @@ is within rank k and 0 otherwise, which is recip_rank on the run cut at k.
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,14 +43,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ettin_batch import trec
-from ettin_batch.trec import TrecInputError
+from ettin_batch import ranking, trec
+from ettin_batch.errors import ConfigError, InputError
 
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map")
-
-
-class EvaluationError(TrecInputError):
-    """Input that would silently skew a metric: conflicting duplicates, bad grades, no overlap."""
 
 
 class EvaluationWarning(UserWarning):
@@ -81,7 +76,7 @@ def parse_metric(name: str) -> Metric:
     text = name.strip().lower()
     m = re.fullmatch(r"(ndcg|map|recall|p|mrr)(?:@(\d+))?", text)
     if m is None or (m.group(2) is not None and int(m.group(2)) < 1):
-        raise EvaluationError(
+        raise ConfigError(
             f"unknown metric {name!r}; use ndcg, ndcg@k, map, map@k, recall@k, p@k, mrr or mrr@k (k >= 1)"
         )
     base, k = m.group(1), m.group(2)
@@ -89,7 +84,7 @@ def parse_metric(name: str) -> Metric:
         return Metric(text, "recip_rank", "recip_rank", int(k) if k else None)
     if k is None:
         if base in ("recall", "p"):
-            raise EvaluationError(f"metric {name!r} needs a cutoff, e.g. {base}@100")
+            raise ConfigError(f"metric {name!r} needs a cutoff, e.g. {base}@100")
         return Metric(text, base, base)
     measure = _CUT_MEASURES[base]
     return Metric(text, f"{measure}.{k}", f"{measure}_{k}")
@@ -98,27 +93,29 @@ def parse_metric(name: str) -> Metric:
 # ---------------------------------------------------------------- reading
 
 
-def read_qrels(qrels: str | pa.Table) -> pa.Table:
+def read_qrels(qrels: str | pa.Table, *, s3_max_attempts: int | None = None) -> pa.Table:
     """Read judgments from a TREC qrels file, a Parquet file/folder (query_id, doc_id, relevance) or a Table.
 
     Returns query_id, doc_id (strings) and relevance (int64). Grades must be
     integers (pytrec_eval's rule): a non-numeric or fractional grade is an error
-    with the count and an example; a null id or grade too.
+    with the count and an example; a null id or grade too. A file that is not what its
+    name says (binary, compressed, a cut-short Parquet file) is an InputError naming it.
     """
     where = qrels if isinstance(qrels, str) else "qrels table"
-    if isinstance(qrels, str) and not trec.is_parquet(qrels):
+    if isinstance(qrels, str) and not trec.is_parquet(qrels, s3_max_attempts=s3_max_attempts):
         return trec.read_trec_qrels(qrels)
     if isinstance(qrels, str):
-        table = trec.read_parquet_columns(qrels, ["query_id", "doc_id", "relevance"], "qrels")
+        table = trec.read_parquet_columns(qrels, ["query_id", "doc_id", "relevance"], "qrels",
+                                          s3_max_attempts=s3_max_attempts)
     else:
         missing = [c for c in ("query_id", "doc_id", "relevance") if c not in qrels.column_names]
         if missing:
-            raise EvaluationError(f"qrels table needs column(s) {missing}; found {qrels.column_names}")
+            raise InputError(f"qrels table needs column(s) {missing}; found {qrels.column_names}")
         table = qrels.select(["query_id", "doc_id", "relevance"])
     for col in ("query_id", "doc_id", "relevance"):
         nulls = table[col].null_count
         if nulls:
-            raise EvaluationError(f"{where}: {nulls} row(s) have a null {col}")
+            raise InputError(f"{where}: {nulls} row(s) have a null {col}")
     return pa.table(
         {
             "query_id": trec.ids_as_strings(table["query_id"]),
@@ -138,9 +135,9 @@ def _integer_grades(col: pa.ChunkedArray, where: str) -> pa.ChunkedArray:
         values = np.array(col.to_pylist(), dtype=object)
         bad = np.array([not _is_int_text(v) for v in values], dtype=bool)
     else:
-        raise EvaluationError(f"{where}: relevance must hold integer grades, got type {col.type}")
+        raise InputError(f"{where}: relevance must hold integer grades, got type {col.type}")
     if bad.any():
-        raise EvaluationError(
+        raise InputError(
             f"{where}: {int(bad.sum())} relevance value(s) are not integer grades "
             f"(first: {values[bad][0]!r}); pytrec_eval accepts integers only"
         )
@@ -155,27 +152,26 @@ def _is_int_text(value: str) -> bool:
         return False
 
 
-def read_run(run: str | pa.Table, score_col: str = "score", baseline_col: str | None = None) -> pa.Table:
+def read_run(run: str | pa.Table, score_col: str = "score", baseline_col: str | None = None, *,
+             allow_unfinished: bool = False, s3_max_attempts: int | None = None) -> pa.Table:
     """Read a run: a job output folder (its scores/), a scores/ or topk/ Parquet folder, a Parquet file, a TREC run file, or a Table.
 
     Returns query_id, doc_id (strings), score (float64) and, if asked, the
-    baseline column (float64). Only these columns are read from Parquet.
+    baseline column (float64). Only these columns are read from Parquet. A run
+    folder without _SUCCESS.json is refused unless allow_unfinished (see trec.run_parquet).
     """
     columns = ["query_id", "doc_id", score_col] + ([baseline_col] if baseline_col else [])
     if isinstance(run, pa.Table):
         missing = [c for c in columns if c not in run.column_names]
         if missing:
-            raise EvaluationError(f"run table needs column(s) {missing}; found {run.column_names}")
+            raise InputError(f"run table needs column(s) {missing}; found {run.column_names}")
         table = run.select(columns)
-    elif trec.is_parquet(run):
-        fs, p = trec.url_to_fs(run)
-        if fs.isdir(p) and fs.isdir(p.rstrip("/") + "/scores"):
-            # A whole job output folder: evaluate the full-depth scores, not topk.
-            run = run.rstrip("/") + "/scores"
-        table = trec.read_parquet_columns(run, columns, "the run")
+    elif trec.is_parquet(run, s3_max_attempts=s3_max_attempts):
+        run = trec.run_parquet(run, "--run", allow_unfinished=allow_unfinished, s3_max_attempts=s3_max_attempts)
+        table = trec.read_parquet_columns(run, columns, "the run", s3_max_attempts=s3_max_attempts)
     else:
         if baseline_col:
-            raise EvaluationError(
+            raise InputError(
                 f"{run}: a TREC run file has one score per line, so there is no {baseline_col!r} column; "
                 "point --run at the job's scores/ folder, which keeps pass-through columns"
             )
@@ -184,7 +180,7 @@ def read_run(run: str | pa.Table, score_col: str = "score", baseline_col: str | 
     for col in [score_col] + ([baseline_col] if baseline_col else []):
         kind = table[col].type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
-            raise EvaluationError(f"run column {col!r} must be numeric to rank by, got type {kind}")
+            raise InputError(f"run column {col!r} must be numeric to rank by, got type {kind}")
     out = {
         "query_id": trec.ids_as_strings(table["query_id"]),
         "doc_id": trec.ids_as_strings(table["doc_id"]),
@@ -213,7 +209,7 @@ def _dedupe_qrels(qrels: pa.Table, notes: list[str]) -> pa.Table:
     conflicts = counts.filter(pc.not_equal(counts["relevance_min"], counts["relevance_max"]))
     if conflicts.num_rows:
         first = conflicts.slice(0, 1).to_pylist()[0]
-        raise EvaluationError(
+        raise InputError(
             f"qrels: {conflicts.num_rows} (query_id, doc_id) pair(s) are judged more than once with different grades "
             f"(first: query {first['query_id']!r}, doc {first['doc_id']!r}, grades {first['relevance_min']}..{first['relevance_max']}); "
             "keep one grade per pair"
@@ -225,11 +221,11 @@ def _dedupe_qrels(qrels: pa.Table, notes: list[str]) -> pa.Table:
 def _check_run(run: pa.Table, cols: list[str], notes: list[str]) -> pa.Table:
     """Null ids are an error; rows with a null or NaN score are dropped with a warning.
 
-    Duplicate (query, doc) rows are caught later, in `_run_dict`, on the judged queries only.
+    Duplicate (query, doc) rows are caught later, in `_metric_means`, on the judged queries only.
     """
     for col in ("query_id", "doc_id"):
         if run[col].null_count:
-            raise EvaluationError(f"run: {run[col].null_count} row(s) have a null {col}")
+            raise InputError(f"run: {run[col].null_count} row(s) have a null {col}")
     for col in cols:
         bad = pc.or_kleene(pc.is_null(run[col]), pc.is_nan(run[col])).fill_null(True)
         n_bad = pc.sum(bad).as_py() or 0
@@ -239,23 +235,12 @@ def _check_run(run: pa.Table, cols: list[str], notes: list[str]) -> pa.Table:
     return run
 
 
-def _duplicates_error(run: pa.Table) -> EvaluationError:
-    counts = run.group_by(["query_id", "doc_id"]).aggregate([("doc_id", "count")])
-    dup = counts.filter(pc.greater(counts["doc_id_count"], 1))
-    first = dup.slice(0, 1).to_pylist()[0]
-    return EvaluationError(
-        f"run: {dup.num_rows} (query_id, doc_id) pair(s) appear more than once "
-        f"(first: query {first['query_id']!r}, doc {first['doc_id']!r}, {first['doc_id_count']} times); "
-        "a run must score each pair once"
-    )
-
-
 # ---------------------------------------------------------------- scoring
 
 
 def _qrels_dict(qrels: pa.Table) -> dict[str, dict[str, int]]:
     qrels = qrels.take(pc.sort_indices(qrels, sort_keys=[("query_id", "ascending")]))
-    starts = trec.group_starts(qrels["query_id"])
+    starts = ranking.group_starts(qrels["query_id"])
     qids = qrels["query_id"].to_pylist()
     docs = qrels["doc_id"].to_pylist()
     rels = qrels["relevance"].to_pylist()
@@ -263,9 +248,9 @@ def _qrels_dict(qrels: pa.Table) -> dict[str, dict[str, int]]:
 
 
 def _run_dict(run: pa.Table, score_col: str) -> dict[str, dict[str, float]]:
-    """{query: {doc: score}}; a doc_id seen twice in a query collapses to one entry (see `_score`)."""
+    """{query: {doc: score}}; a doc_id seen twice in a query collapses to one entry (see `_metric_means`)."""
     table = run.take(pc.sort_indices(run, sort_keys=[("query_id", "ascending")]))
-    starts = trec.group_starts(table["query_id"])
+    starts = ranking.group_starts(table["query_id"])
     qids = table["query_id"].to_pylist()
     docs = table["doc_id"].to_pylist()
     scores = table[score_col].to_pylist()
@@ -300,7 +285,7 @@ def _query_chunks(judged: pa.Table, run: pa.Table, chunk_pairs: int):
         yield judged.take(qrels_order[q0:q1]), run.take(run_order[r0:r1])
 
 
-def _score(judged: pa.Table, run: pa.Table, score_col: str, metrics: list[Metric]) -> tuple[dict[str, float], int]:
+def _metric_means(judged: pa.Table, run: pa.Table, score_col: str, metrics: list[Metric]) -> tuple[dict[str, float], int]:
     """Mean of each metric over the queries pytrec_eval evaluates, and their count."""
     import pytrec_eval
 
@@ -311,7 +296,7 @@ def _score(judged: pa.Table, run: pa.Table, score_col: str, metrics: list[Metric
         # A doc_id seen twice in a query collapses to one dict entry (the last score wins in
         # pytrec_eval), so fewer entries than rows means duplicates: cheaper than a group_by up front.
         if sum(map(len, run_dict.values())) != run_part.num_rows:
-            raise _duplicates_error(run)
+            ranking.refuse_repeated_pairs(run, "run", "a run must score each pair once")
         per_query = pytrec_eval.RelevanceEvaluator(_qrels_dict(qrels_part), measures).evaluate(run_dict)
         del run_dict
         for m in metrics:
@@ -334,6 +319,9 @@ def evaluate(
     metrics: Sequence[str] = DEFAULT_METRICS,
     baseline_col: str | None = None,
     score_col: str = "score",
+    *,
+    allow_unfinished: bool = False,
+    s3_max_attempts: int | None = None,
 ) -> dict:
     """Score a run against qrels; each metric is the mean over queries present in both, as pytrec_eval computes it.
 
@@ -344,29 +332,46 @@ def evaluate(
     baseline_col: a pass-through column of the run (e.g. "retrieval_score") whose
                   order is scored too, on the same candidates, so the gain from
                   reranking shows.
+    allow_unfinished: read a job's run that has no _SUCCESS.json (with a loud warning)
+                  instead of refusing it.
+    s3_max_attempts: attempts per object-store call (None: $ETTIN_BATCH_S3_MAX_ATTEMPTS, else 12).
 
     Returns {"metrics": {name: mean}, "num_queries": int, "warnings": [str, ...]},
     plus "baseline" and "delta" (run minus baseline) when baseline_col is given.
-    Raises EvaluationError on input that would skew a metric silently; emits an
-    EvaluationWarning (also listed under "warnings") for skipped queries, dropped
-    duplicate judgments and dropped null scores.
+    Raises ConfigError for bad metric names, InputError on input that would skew a
+    metric silently; emits an EvaluationWarning (also listed under "warnings") for
+    skipped queries, dropped duplicate judgments and dropped null scores.
     """
     parsed = [parse_metric(m) for m in metrics]
     if not parsed:
-        raise EvaluationError("no metrics asked for")
+        raise ConfigError("no metrics asked for")
     names = [m.name for m in parsed]
     if len(set(names)) != len(names):
-        raise EvaluationError(f"metric listed twice: {names}")
+        raise ConfigError(f"metric listed twice: {names}")
     notes: list[str] = []
-    judged = _dedupe_qrels(read_qrels(qrels), notes)
-    table = read_run(run, score_col=score_col, baseline_col=baseline_col)
+    judged = _dedupe_qrels(read_qrels(qrels, s3_max_attempts=s3_max_attempts), notes)
+    table = read_run(run, score_col=score_col, baseline_col=baseline_col, allow_unfinished=allow_unfinished,
+                     s3_max_attempts=s3_max_attempts)
     table = _check_run(table, ["score"] + ([baseline_col] if baseline_col else []), notes)
+    judged, table = _common_queries(judged, table, notes)
 
-    run_qids = pc.unique(table["query_id"])
+    scores, n = _metric_means(judged, table, "score", parsed)
+    result: dict = {"metrics": scores, "num_queries": n, "warnings": notes}
+    if baseline_col:
+        base, _ = _metric_means(judged, table, baseline_col, parsed)
+        result["baseline"] = base
+        result["delta"] = {k: scores[k] - base[k] for k in scores}
+    return result
+
+
+def _common_queries(judged: pa.Table, run: pa.Table, notes: list[str]) -> tuple[pa.Table, pa.Table]:
+    """The judgments and run rows of the queries in both, as pytrec_eval evaluates them; what is
+    skipped, and judged queries without a relevant document, are counted in `notes`."""
+    run_qids = pc.unique(run["query_id"])
     judged_qids = pc.unique(judged["query_id"])
     common = pc.filter(run_qids, pc.is_in(run_qids, value_set=judged_qids))
     if len(common) == 0:
-        raise EvaluationError(
+        raise InputError(
             f"the run ({len(run_qids)} queries) and the qrels ({len(judged_qids)} queries) share no query_id; "
             f"run ids look like {run_qids[:3].to_pylist()}, qrels ids like {judged_qids[:3].to_pylist()}"
         )
@@ -379,7 +384,7 @@ def evaluate(
             "(pytrec_eval's default; they are not counted as 0)",
         )
     judged = judged.filter(pc.is_in(judged["query_id"], value_set=common))
-    table = table.filter(pc.is_in(table["query_id"], value_set=common))
+    run = run.filter(pc.is_in(run["query_id"], value_set=common))
     relevant = pc.unique(judged.filter(pc.greater(judged["relevance"], 0))["query_id"])
     if len(relevant) < len(common):
         _warn(
@@ -387,14 +392,7 @@ def evaluate(
             f"{len(common) - len(relevant)} of {len(common)} evaluated queries have no relevant document; "
             "they score 0 on every metric and count in the mean, as in pytrec_eval",
         )
-
-    scores, n = _score(judged, table, "score", parsed)
-    result: dict = {"metrics": scores, "num_queries": n, "warnings": notes}
-    if baseline_col:
-        base, _ = _score(judged, table, baseline_col, parsed)
-        result["baseline"] = base
-        result["delta"] = {k: scores[k] - base[k] for k in scores}
-    return result
+    return judged, run
 
 
 def format_table(result: dict) -> str:

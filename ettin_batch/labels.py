@@ -3,11 +3,14 @@
     ettin-batch labels --scores OUT/scores --output LABELS --thresholds 0.0,4.0,8.0
     ettin-batch labels --scores OUT/scores --output LABELS --top-n-relevant 10
 
-Writes into LABELS:
+Writes into LABELS, an ettin-batch run folder of kind "labels" (ettin_batch.run_folder):
+    _run.json            written first: this folder holds a labels run
     qrels.txt            TREC qrels (`query_id 0 doc_id grade`)
     labels.parquet       query_id, doc_id (their input types), relevance (int32), score (float32)
     score_histogram.png  scores, with the thresholds (or the relevant / not split) drawn on
     _SUCCESS.json        written last: mode, cuts, rows, grade counts, score range
+A folder holding another command's run, or a finished labels run (unless overwrite), is refused
+before anything is written. Scores from a run that did not finish are refused unless allow_unfinished.
 
 Where it runs:
 - thresholds: one process, bounded memory (two streaming passes over the score column:
@@ -23,10 +26,8 @@ Both top-N paths write the same labels, counts, histogram and _SUCCESS.json.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
-import sys
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,13 +35,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ettin_batch import __version__, storage, trec
-from ettin_batch.trec import TrecInputError
+from ettin_batch import __version__, ranking, storage, trec
+from ettin_batch.errors import ConfigError, InputError
+from ettin_batch.pipeline.top_n_labels import NEEDS_UNIQUE_PAIRS
+from ettin_batch.run_folder import HISTOGRAM, LABELS_PARQUET, QRELS_TXT, RunFolder
 
-QRELS_FILE = "qrels.txt"
-PARQUET_FILE = "labels.parquet"
-HISTOGRAM_FILE = "score_histogram.png"
-SUCCESS_FILE = "_SUCCESS.json"
 HISTOGRAM_BINS = 100
 
 # Up to this many pairs, --top-n-relevant sorts them in this process: about 1 s and 220 bytes
@@ -49,22 +48,18 @@ HISTOGRAM_BINS = 100
 TOP_N_IN_PROCESS_ROWS = 4_000_000
 
 
-class LabelError(TrecInputError):
-    """Arguments or scores that cannot be turned into labels; the message says what to change."""
-
-
 def parse_thresholds(text: str | Sequence[float]) -> list[float]:
     """"0.0,4.0,8.0" (or a sequence) -> [0.0, 4.0, 8.0]; they must be finite and strictly increasing."""
     try:
         values = [float(t) for t in (text.split(",") if isinstance(text, str) else text)]
     except ValueError:
-        raise LabelError(f"thresholds must be numbers separated by commas, got {text!r}") from None
+        raise ConfigError(f"thresholds must be numbers separated by commas, got {text!r}") from None
     if not values:
-        raise LabelError("give at least one threshold")
+        raise ConfigError("give at least one threshold")
     if not all(np.isfinite(values)):
-        raise LabelError(f"thresholds must be finite, got {values}")
+        raise ConfigError(f"thresholds must be finite, got {values}")
     if any(b <= a for a, b in zip(values, values[1:])):
-        raise LabelError(f"thresholds must be strictly increasing (grade 0 below the first), got {values}")
+        raise ConfigError(f"thresholds must be strictly increasing (grade 0 below the first), got {values}")
     return values
 
 
@@ -85,6 +80,10 @@ def backfill_labels(
     top_n_relevant: int | None = None,
     score_col: str = "score",
     address: str | None = None,
+    *,
+    overwrite: bool = False,
+    allow_unfinished: bool = False,
+    s3_max_attempts: int | None = None,
 ) -> dict:
     """Turn a scores/ output (or any Parquet with query_id, doc_id, score) into graded relevance labels.
 
@@ -102,63 +101,64 @@ def backfill_labels(
     ettin_batch.pipeline.top_n_labels for which repeats it sees).
     address: the Ray cluster for a top-N run over more than TOP_N_IN_PROCESS_ROWS pairs
     (default: RAY_ADDRESS, else a local Ray; a Ray already started in this process is used).
-    Returns the summary that is also written to output/_SUCCESS.json.
+    overwrite: replace a finished labels run in `output` (another command's run there is replaced
+    too, as `RunFolder` does for every command); without it, both are refused (OutputError).
+    allow_unfinished: label scores of a run without _SUCCESS.json, with a loud warning.
+    s3_max_attempts: attempts per object-store call (None: $ETTIN_BATCH_S3_MAX_ATTEMPTS, else 12).
+    Returns the summary that is also written to output/_SUCCESS.json. Raises ConfigError for
+    a bad rule, InputError for scores that cannot be labelled.
     """
+    cuts = _rule(thresholds, top_n_relevant)
+    source = trec.run_parquet(scores_path, "--scores", allow_unfinished=allow_unfinished,
+                              s3_max_attempts=s3_max_attempts)
+    dataset = _scores_dataset(source, score_col, s3_max_attempts)
+    with trec.reading_parquet(source):
+        rows = dataset.count_rows()  # every file's footer: a file that is not Parquet fails here, before any write
+    folder = RunFolder.open(output, "labels", s3_max_attempts=s3_max_attempts)
+    folder.check(overwrite=overwrite, inputs=[source])
+    folder.begin()
+    fs, paths = folder.loc.fs, {name: folder.path(name) for name in (QRELS_TXT, LABELS_PARQUET, HISTOGRAM)}
+    with trec.reading_parquet(source):
+        if cuts is not None:
+            summary = _label_by_thresholds(dataset, score_col, cuts, fs, paths)
+        elif rows <= TOP_N_IN_PROCESS_ROWS:
+            summary = _label_top_n(dataset, source, score_col, int(top_n_relevant), fs, paths)
+        else:
+            summary = _label_top_n_on_ray(dataset, rows, source, score_col, int(top_n_relevant), fs, paths, address,
+                                          s3_max_attempts)
+    folder.finish({"scores": scores_path, "mode": "thresholds" if cuts is not None else "top_n_relevant",
+                   "thresholds": cuts, "top_n_relevant": top_n_relevant, **summary,
+                   # as the user spelled them, s3:// included
+                   "files": {name: f"{output.rstrip('/')}/{name}" for name in paths}, "version": __version__})
+    return folder.manifest()
+
+
+def _rule(thresholds, top_n_relevant) -> list[float] | None:
+    """The parsed thresholds (None for a top-N rule); ConfigError unless exactly one valid rule is given."""
     if (thresholds is None) == (top_n_relevant is None):
-        raise LabelError("give exactly one of thresholds or top_n_relevant")
-    cuts = parse_thresholds(thresholds) if thresholds is not None else None
-    if top_n_relevant is not None and (isinstance(top_n_relevant, bool) or int(top_n_relevant) != top_n_relevant or top_n_relevant < 1):
-        raise LabelError(f"top_n_relevant must be a positive integer, got {top_n_relevant!r}")
-
-    dataset, scores_url = _scores_dataset(scores_path, score_col)
-    out_fs, out_dir = trec.url_to_fs(output)
-    out_fs.makedirs(out_dir, exist_ok=True)
-    names = (QRELS_FILE, PARQUET_FILE, HISTOGRAM_FILE, SUCCESS_FILE)
-    paths = {name: f"{out_dir.rstrip('/')}/{name}" for name in names}
-    shown = {name: f"{output.rstrip('/')}/{name}" for name in names}  # as the user spelled it, s3:// included
-    if out_fs.exists(paths[SUCCESS_FILE]):
-        # A rerun into the same folder: the old marker must not vouch for files this run rewrites.
-        out_fs.rm(paths[SUCCESS_FILE])
-
-    if cuts is not None:
-        summary = _label_by_thresholds(dataset, score_col, cuts, out_fs, paths)
-    elif dataset.count_rows() <= TOP_N_IN_PROCESS_ROWS:  # footers only
-        summary = _label_top_n(dataset, score_col, int(top_n_relevant), out_fs, paths)
-    else:
-        summary = _label_top_n_on_ray(dataset, scores_url, score_col, int(top_n_relevant), out_fs, paths, address)
-    summary = {
-        "scores": scores_path,
-        "mode": "thresholds" if cuts is not None else "top_n_relevant",
-        "thresholds": cuts,
-        "top_n_relevant": top_n_relevant,
-        **summary,
-        "files": {k: v for k, v in shown.items() if k != SUCCESS_FILE},
-        "version": __version__,
-    }
-    with out_fs.open(paths[SUCCESS_FILE], "wt") as f:
-        json.dump(summary, f, indent=2)
-    return summary
+        raise ConfigError("give exactly one of thresholds or top_n_relevant")
+    if top_n_relevant is not None and (isinstance(top_n_relevant, bool) or int(top_n_relevant) != top_n_relevant
+                                       or top_n_relevant < 1):
+        raise ConfigError(f"top_n_relevant must be a positive integer, got {top_n_relevant!r}")
+    return parse_thresholds(thresholds) if thresholds is not None else None
 
 
-def _scores_dataset(scores_path: str, score_col: str):
-    fs, p = trec.url_to_fs(scores_path)
-    if fs.isdir(p) and fs.isdir(p.rstrip("/") + "/scores"):
-        scores_path = scores_path.rstrip("/") + "/scores"
-    dataset = trec.parquet_dataset(scores_path)
+def _scores_dataset(source: str, score_col: str, s3_max_attempts: int | None):
+    dataset = trec.parquet_dataset(source, s3_max_attempts=s3_max_attempts)
     missing = [c for c in ("query_id", "doc_id", score_col) if c not in dataset.schema.names]
     if missing:
-        raise LabelError(f"{scores_path}: labels need column(s) {missing}; found {dataset.schema.names}")
+        raise InputError(f"{source}: labels need column(s) {missing}; found {dataset.schema.names}")
     kind = dataset.schema.field(score_col).type
     if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-        raise LabelError(f"{scores_path}: column {score_col!r} must be numeric to grade, got type {kind}")
-    return dataset, scores_path
+        raise InputError(f"{source}: column {score_col!r} must be numeric to grade, got type {kind}")
+    return dataset
 
 
 def _check_scores(scores: np.ndarray, where: str) -> None:
     """`scores` as numpy, where Arrow nulls have become NaN."""
     bad = int(np.count_nonzero(~np.isfinite(scores)))
     if bad:
-        raise LabelError(f"{where}: {bad} row(s) have a null, NaN or infinite score; drop them before labelling")
+        raise InputError(f"{where}: {bad} row(s) have a null, NaN or infinite score; drop them before labelling")
 
 
 def _label_by_thresholds(dataset, score_col: str, cuts: list[float], fs, paths: dict[str, str]) -> dict:
@@ -170,7 +170,7 @@ def _label_by_thresholds(dataset, score_col: str, cuts: list[float], fs, paths: 
         if len(scores):
             lo, hi, rows = min(lo, float(scores.min())), max(hi, float(scores.max())), rows + len(scores)
     if rows == 0:
-        raise LabelError("no scores to label: the input has no rows")
+        raise InputError("no scores to label: the input has no rows")
     edges = _bin_edges(lo, hi, cuts)
     counts = np.zeros(len(edges) - 1, np.int64)
     grade_counts = np.zeros(len(cuts) + 1, np.int64)
@@ -184,51 +184,41 @@ def _label_by_thresholds(dataset, score_col: str, cuts: list[float], fs, paths: 
             counts += np.histogram(scores, bins=edges)[0]
             grade_counts += np.bincount(grades, minlength=len(cuts) + 1)
     summary = {"rows": rows, "grade_counts": {str(g): int(n) for g, n in enumerate(grade_counts)}, "score_min": lo, "score_max": hi}
-    _write_histogram(fs, paths[HISTOGRAM_FILE], edges, {"all scores": counts}, cuts, summary)
+    _write_histogram(fs, paths[HISTOGRAM], edges, {"all scores": counts}, cuts, summary)
     return summary
 
 
-def _label_top_n(dataset, score_col: str, n: int, fs, paths: dict[str, str]) -> dict:
+def _label_top_n(dataset, where: str, score_col: str, n: int, fs, paths: dict[str, str]) -> dict:
     table = dataset.to_table(columns=["query_id", "doc_id", score_col])
     if table.num_rows == 0:
-        raise LabelError("no scores to label: the input has no rows")
+        raise InputError("no scores to label: the input has no rows")
     scores_col = table[score_col]
     _check_scores(pc.cast(scores_col, pa.float64()).to_numpy(), f"scores column {score_col!r}")
-    keys = pa.table(
-        {
-            "query_id": trec.ids_as_strings(table["query_id"]),
-            "doc_id": trec.ids_as_strings(table["doc_id"]),
-            "score": pc.cast(scores_col, pa.float64()),
-            "row": pa.array(np.arange(table.num_rows)),
-        }
-    )
-    pairs = keys.group_by(["query_id", "doc_id"]).aggregate([])
-    if pairs.num_rows != keys.num_rows:
-        raise LabelError(
-            f"{keys.num_rows - pairs.num_rows} (query_id, doc_id) pair(s) appear more than once in the scores; "
-            "a top-N cut per query needs each pair once"
-        )
-    keys, ranks = trec.trec_order(keys, "score")
-    table = table.take(keys["row"])
+    # Ids as TREC text: qrels list each query best first, queries in the order of their text.
+    keys = pa.table({"query_id": trec.ids_as_strings(table["query_id"]), "doc_id": trec.ids_as_strings(table["doc_id"]),
+                     "score": pc.cast(scores_col, pa.float64())})
+    ranking.refuse_repeated_pairs(keys, where, NEEDS_UNIQUE_PAIRS)
+    order = ranking.order(keys)
+    table = table.take(order)
     scores = table[score_col].to_numpy()
-    grades = (ranks < n).astype(np.int32)
+    grades = (ranking.ranks(keys["query_id"].take(order)) < n).astype(np.int32)
     labelled = _labels_table(table["query_id"], table["doc_id"], grades, scores)
-    with fs.open(paths[PARQUET_FILE], "wb") as f:
+    with fs.open(paths[LABELS_PARQUET], "wb") as f:
         pq.write_table(labelled, f)
-    with fs.open(paths[QRELS_FILE], "wt") as f:
+    with fs.open(paths[QRELS_TXT], "wt") as f:
         _write_qrels_lines(f, labelled)
     lo, hi = float(scores.min()), float(scores.max())
     edges = _bin_edges(lo, hi, [])
     summary = {
         "rows": table.num_rows,
-        "queries": len(trec.group_starts(keys["query_id"])) - 1,
+        "queries": len(pc.unique(keys["query_id"])),
         "grade_counts": {str(g): int(c) for g, c in enumerate(np.bincount(grades, minlength=2))},
         "score_min": lo,
         "score_max": hi,
     }
     # Binned as stored (float32), like the Ray path, which sees only the labelled rows.
     hists = _top_n_histograms(n, edges, labelled["score"].to_numpy(), grades)
-    _write_histogram(fs, paths[HISTOGRAM_FILE], edges, hists, [], summary)
+    _write_histogram(fs, paths[HISTOGRAM], edges, hists, [], summary)
     return summary
 
 
@@ -239,65 +229,56 @@ def _top_n_histograms(n: int, edges: np.ndarray, scores: np.ndarray, grades: np.
     }
 
 
-def _label_top_n_on_ray(dataset, scores_url: str, score_col: str, n: int, fs, paths: dict[str, str],
-                        address: str | None) -> dict:
+def _label_top_n_on_ray(dataset, rows: int, scores_url: str, score_col: str, n: int, fs, paths: dict[str, str],
+                        address: str | None, s3_max_attempts: int | None) -> dict:
     """The same labels as `_label_top_n`, for inputs too large for one process (see the module docstring)."""
-    import ray
-
     from ettin_batch.pipeline import top_n_labels as plan
+    from ettin_batch.pipeline.run import ray_session
 
     files = list(dataset.files)
-    filesystem = storage.resolve(scores_url).pa_fs  # s3:// through s3fs, with its endpoint, for every worker
-    started = plan.ensure_ray(address)
+    # s3:// through s3fs, with its endpoint and retry policy, for every worker.
+    filesystem = storage.resolve(scores_url, s3_max_attempts=s3_max_attempts).pa_fs
     try:
-        cutoffs = plan.collect_cutoffs(files, filesystem, n, score_col, dataset.count_rows())
-        lo, hi = pc.min(cutoffs["min_score"]).as_py(), pc.max(cutoffs["max_score"]).as_py()
-        edges = _bin_edges(lo, hi, [])
-        hists: dict[str, np.ndarray] = {}
-        grade_counts, rows = np.zeros(2, np.int64), 0
-        with _LabelFiles(fs, paths) as out:
-            for labelled in plan.labelled_batches(files, filesystem, cutoffs, score_col):
-                out.write(labelled)
-                grades = labelled["relevance"].to_numpy()
-                for name, counts in _top_n_histograms(n, edges, labelled["score"].to_numpy(), grades).items():
-                    hists[name] = hists.get(name, 0) + counts
-                grade_counts += np.bincount(grades, minlength=2)
-                rows += labelled.num_rows
+        with ray_session(address):
+            cutoffs = plan.collect_cutoffs(files, filesystem, n, score_col, rows)
+            lo, hi = pc.min(cutoffs["min_score"]).as_py(), pc.max(cutoffs["max_score"]).as_py()
+            edges = _bin_edges(lo, hi, [])
+            hists: dict[str, np.ndarray] = {}
+            grade_counts, labelled_rows = np.zeros(2, np.int64), 0
+            with _LabelFiles(fs, paths) as out:
+                for labelled in plan.labelled_batches(files, filesystem, cutoffs, score_col):
+                    out.write(labelled)
+                    grades = labelled["relevance"].to_numpy()
+                    for name, counts in _top_n_histograms(n, edges, labelled["score"].to_numpy(), grades).items():
+                        hists[name] = hists.get(name, 0) + counts
+                    grade_counts += np.bincount(grades, minlength=2)
+                    labelled_rows += labelled.num_rows
     except Exception as e:  # noqa: BLE001 - a check inside a Ray task comes back as Ray's wrapper
-        reason = _top_n_error(e)
+        reason = _task_input_error(e)
         if reason is None:
             raise
-        raise LabelError(f"{scores_url}: {reason}") from e
-    finally:
-        if started:
-            ray.shutdown()
+        raise InputError(f"{scores_url}: {reason}") from e
     expected = pc.sum(cutoffs["kept"]).as_py()
     if grade_counts[1] != expected:
-        raise LabelError(
+        raise InputError(
             f"{scores_url}: {int(grade_counts[1]) - expected} more row(s) rank in their query's top {n} than it has "
-            "places: some (query_id, doc_id) pair(s) appear more than once in the scores; "
-            "a top-N cut per query needs each pair once"
+            f"places: some (query_id, doc_id) pair(s) appear more than once in the scores; {NEEDS_UNIQUE_PAIRS}"
         )
     summary = {
-        "rows": rows,
+        "rows": labelled_rows,
         "queries": cutoffs.num_rows,
         "grade_counts": {str(g): int(c) for g, c in enumerate(grade_counts)},
         "score_min": lo,
         "score_max": hi,
     }
-    _write_histogram(fs, paths[HISTOGRAM_FILE], edges, hists, [], summary)
+    _write_histogram(fs, paths[HISTOGRAM], edges, hists, [], summary)
     return summary
 
 
-def _top_n_error(error: BaseException) -> str | None:
-    """The message of a TopNError raised in a Ray task: Ray Data hands back only its traceback text."""
-    import re
-
-    from ettin_batch.pipeline.top_n_labels import TopNError
-
-    if isinstance(error, TopNError):
-        return str(error)
-    found = re.findall(r"TopNError: (.+)$", str(error), re.MULTILINE)
+def _task_input_error(error: BaseException) -> str | None:
+    """The message of an InputError raised in a Ray task, which Ray Data hands back only as traceback
+    text; None for any other error (one raised here in the driver keeps its own type and message)."""
+    found = re.findall(r"(?:^|\.)InputError: (.+)$", str(error), re.MULTILINE)
     return found[-1] if found else None
 
 
@@ -309,8 +290,8 @@ class _LabelFiles:
         self._writer = None
 
     def __enter__(self) -> _LabelFiles:
-        self._qrels = self._fs.open(self._paths[QRELS_FILE], "wt")
-        self._parquet = self._fs.open(self._paths[PARQUET_FILE], "wb")
+        self._qrels = self._fs.open(self._paths[QRELS_TXT], "wt")
+        self._parquet = self._fs.open(self._paths[LABELS_PARQUET], "wb")
         return self
 
     def write(self, labelled: pa.Table) -> None:

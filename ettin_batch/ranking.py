@@ -3,7 +3,8 @@
 trec_eval ignores a run's rank column: it orders each query's documents by score, descending, and
 breaks ties by doc_id, descending, in byte order (`strcmp`); an integer id is compared as its
 decimal text ("10" < "9"). `order` reproduces that, so a cut at k (topk/, mrr@10, a top-N label)
-agrees with what pytrec_eval itself sees. Everything here is Arrow in, numpy or Arrow out.
+agrees with what pytrec_eval itself sees. The check that each (query_id, doc_id) pair is listed
+once, which eval, labels and BEIR need, lives here too. Everything here is Arrow in, numpy or Arrow out.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from ettin_batch.errors import InputError
 
 _TIE = "_doc_id_text"  # doc_id as trec_eval compares it, only while sorting
 
@@ -49,14 +52,31 @@ def ranked(table: pa.Table, score_col: str = "score") -> tuple[pa.Table, np.ndar
 
 def repeated_pairs(table: pa.Table) -> tuple[int, tuple | None]:
     """How many rows repeat another row's (query_id, doc_id), and one such pair (None if none)."""
+    extra, repeated = _repeats(table)
+    if not extra:
+        return 0, None
+    return extra, (repeated.column("query_id")[0].as_py(), repeated.column("doc_id")[0].as_py())
+
+
+def refuse_repeated_pairs(table: pa.Table, where: str, why: str) -> None:
+    """Raise InputError if a (query_id, doc_id) pair is in `table` more than once: `where` names the
+    input, `why` says why each pair must be there once. Every command that needs unique pairs checks here."""
+    extra, repeated = _repeats(table)
+    if extra:
+        first = repeated.slice(0, 1).to_pylist()[0]
+        raise InputError(f"{where}: {repeated.num_rows} (query_id, doc_id) pair(s) appear more than once (first: "
+                         f"query {first['query_id']!r}, doc {first['doc_id']!r}, {first['count_all']} times); {why}")
+
+
+def _repeats(table: pa.Table) -> tuple[int, pa.Table | None]:
+    """Rows beyond the first of their (query_id, doc_id), and each repeated pair with its count_all."""
     if table.num_rows < 2:
         return 0, None
     counts = table.select(["query_id", "doc_id"]).group_by(["query_id", "doc_id"], use_threads=False).aggregate(
         [([], "count_all")])
     if counts.num_rows == table.num_rows:
         return 0, None
-    repeated = counts.filter(pc.greater(counts.column("count_all"), 1))
-    return table.num_rows - counts.num_rows, (repeated.column("query_id")[0].as_py(), repeated.column("doc_id")[0].as_py())
+    return table.num_rows - counts.num_rows, counts.filter(pc.greater(counts.column("count_all"), 1))
 
 
 def best_per_pair(table: pa.Table) -> pa.Table:

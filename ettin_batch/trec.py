@@ -1,63 +1,82 @@
-"""TREC conventions shared by `eval` and `labels`: file formats and trec_eval's ranking order.
+"""TREC conventions shared by `eval`, `labels` and `beir`: the file formats, and reading them.
 
 Everything here is Arrow in, Arrow out. Ids are normalised to strings, because
 TREC files carry them as text and pytrec_eval keys on `str`; an int64 query_id
-of 7 becomes "7".
+of 7 becomes "7". Ranking in trec_eval's order is ettin_batch.ranking's job.
 
-trec_eval ignores the rank column of a run: it orders each query's documents by
-score, descending, and breaks ties by doc_id, descending, in byte order
-(`strcmp`). `trec_order` reproduces that order so that a cut at k (mrr@10) or a
-top-N label agrees with what pytrec_eval itself would see.
+Files are found through ettin_batch.storage, like every other input (s3:// with its
+endpoint and retry policy). A file that cannot be read as what it claims to be (a
+binary file given as TREC text, a Parquet file cut short) is an InputError naming it.
 """
 
 from __future__ import annotations
 
-import fsspec
+import contextlib
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from ettin_batch import storage
+from ettin_batch.errors import InputError
+from ettin_batch.run_folder import SCORES, RunFolder
 
-class TrecInputError(ValueError):
-    """A run or qrels input that cannot be read without guessing; the message names the file and line or column."""
-
-
-def url_to_fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Resolve a local path or URL (s3://, gs://, file://) to an fsspec filesystem and a path on it.
-
-    s3fs honours AWS_ENDPOINT_URL (pyarrow's own S3FileSystem does not), so this is
-    the door for object storage.
-    """
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    return fs, fs_path
+# read_trec_qrels and read_trec_run raise this name; it is InputError (issue 13 item 10 is changing them).
+TrecInputError = InputError
 
 
-def is_parquet(path: str) -> bool:
+def is_parquet(path: str, *, s3_max_attempts: int | None = None) -> bool:
     """True for a Parquet file or a folder (of Parquet files); False for a text file."""
-    fs, p = url_to_fs(path)
-    if fs.isdir(p):
+    loc = storage.resolve(path, s3_max_attempts=s3_max_attempts)
+    if loc.fs.isdir(loc.path):
         return True
-    return p.endswith((".parquet", ".pq"))
+    return loc.path.endswith((".parquet", ".pq"))
 
 
-def parquet_dataset(path: str) -> ds.Dataset:
-    """A pyarrow dataset over a Parquet file or folder on any fsspec filesystem."""
-    fs, p = url_to_fs(path)
-    if not fs.exists(p):
-        raise TrecInputError(f"{path}: no such file or folder")
-    return ds.dataset(p, format="parquet", filesystem=fs)
+@contextlib.contextmanager
+def reading_parquet(path: str):
+    """Arrow's error for a file that is not Parquet, or is cut short, as an InputError naming `path`."""
+    try:
+        yield
+    except pa.ArrowInvalid as e:
+        raise InputError(f"{path}: cannot be read as Parquet ({e}). Check that it is a Parquet file (or a folder "
+                         "of them) and that it was written completely.") from None
 
 
-def read_parquet_columns(path: str, columns: list[str], what: str) -> pa.Table:
+def parquet_dataset(path: str, *, s3_max_attempts: int | None = None) -> ds.Dataset:
+    """A pyarrow dataset over a Parquet file or folder, local or on any filesystem storage resolves."""
+    loc = storage.resolve(path, s3_max_attempts=s3_max_attempts)
+    if not loc.fs.exists(loc.path):
+        raise InputError(f"{path}: no such file or folder")
+    with reading_parquet(path):
+        return ds.dataset(loc.path, format="parquet", filesystem=loc.pa_fs)
+
+
+def read_parquet_columns(path: str, columns: list[str], what: str, *, s3_max_attempts: int | None = None) -> pa.Table:
     """Read only `columns` from a Parquet file or folder; a missing column is an error that lists what is there."""
-    dataset = parquet_dataset(path)
+    dataset = parquet_dataset(path, s3_max_attempts=s3_max_attempts)
     missing = [c for c in columns if c not in dataset.schema.names]
     if missing:
-        raise TrecInputError(
-            f"{path}: {what} needs column(s) {missing}; found {dataset.schema.names}"
-        )
-    return dataset.to_table(columns=columns)
+        raise InputError(f"{path}: {what} needs column(s) {missing}; found {dataset.schema.names}")
+    with reading_parquet(path):
+        return dataset.to_table(columns=columns)
+
+
+def run_parquet(path: str, flag: str, *, allow_unfinished: bool = False, s3_max_attempts: int | None = None) -> str:
+    """The Parquet to read for `path`: a job output folder's scores/ (the full depth, not topk/), else `path`.
+
+    A path that is, or lies in, an ettin-batch run without _SUCCESS.json holds part of its pairs at
+    most: an InputError naming `flag`, or with `allow_unfinished` a loud warning. Parquet that belongs
+    to no run is read as it is.
+    """
+    run, _ = RunFolder.containing(path, s3_max_attempts=s3_max_attempts)
+    if run is not None:
+        run.require_finished(flag, allow_unfinished)
+    loc = storage.resolve(path, s3_max_attempts=s3_max_attempts)
+    if loc.fs.isdir(loc.path) and loc.fs.isdir(loc.join(SCORES)):
+        return f"{path.rstrip('/')}/{SCORES}"
+    return path
 
 
 def ids_as_strings(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
@@ -66,11 +85,38 @@ def ids_as_strings(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Arra
 
 
 def _read_lines(path: str) -> list[str]:
-    fs, p = url_to_fs(path)
-    if not fs.exists(p):
-        raise TrecInputError(f"{path}: no such file")
-    with fs.open(p, "rt", encoding="utf-8") as f:
-        return f.read().splitlines()
+    loc = storage.resolve(path)
+    if not loc.fs.exists(loc.path):
+        raise InputError(f"{path}: no such file")
+    with loc.fs.open(loc.path, "rb") as f:
+        return _text_lines(path, f.read())
+
+
+def _text_lines(path: str, data: bytes) -> list[str]:
+    """The lines of a TREC text file's bytes; a binary or non-UTF-8 file is an InputError naming it."""
+    what = _binary_kind(data)
+    if what:
+        raise InputError(f"{path} is not a TREC run or qrels file (plain text, one record per line): it is {what}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}); a TREC "
+                         "run or qrels file is plain UTF-8 text, one record per line") from None
+    return text.splitlines()
+
+
+def _binary_kind(data: bytes) -> str | None:
+    """What a file handed over where TREC text is expected is instead, judged by its bytes; None for text."""
+    if data[:4] == b"PAR1" and data[-4:] == b"PAR1":
+        return "a Parquet file: name it *.parquet (or pass its folder) to read it as Parquet"
+    if data[:2] == b"\x1f\x8b":
+        return "gzip-compressed: decompress it first (gunzip)"
+    if data[:4] == b"\x28\xb5\x2f\xfd":
+        return "zstd-compressed: decompress it first (unzstd)"
+    if b"\0" in data[:65536]:
+        return "a binary file (it holds NUL bytes)"
+    return None
 
 
 def read_trec_qrels(path: str) -> pa.Table:
@@ -146,13 +192,13 @@ def write_qrels_lines(f, query_id, doc_id, relevance) -> None:
     qids, docs = ids_as_strings(query_id), ids_as_strings(doc_id)
     for name, ids in (("query_id", qids), ("doc_id", docs)):
         if ids.null_count:
-            raise TrecInputError(f"{ids.null_count} {name}(s) are null, which TREC qrels cannot hold")
+            raise InputError(f"{ids.null_count} {name}(s) are null, which TREC qrels cannot hold")
         bad = pc.sum(pc.match_substring_regex(ids, r"^$|\s")).as_py() or 0
         if bad:
-            raise TrecInputError(f"{bad} {name}(s) are empty or contain whitespace, which TREC qrels cannot hold")
+            raise InputError(f"{bad} {name}(s) are empty or contain whitespace, which TREC qrels cannot hold")
     grades = pc.cast(relevance, pa.string())
     if grades.null_count:
-        raise TrecInputError(f"{grades.null_count} relevance grade(s) are null, which TREC qrels cannot hold")
+        raise InputError(f"{grades.null_count} relevance grade(s) are null, which TREC qrels cannot hold")
     step = 1 << 20  # lines per write: one string of ~20-40 MB, not one call per line
     for start in range(0, len(qids), step):
         lines = pc.binary_join_element_wise(
@@ -175,37 +221,3 @@ def _joined_text(lines: pa.ChunkedArray | pa.Array) -> str:
         offsets = np.frombuffer(chunk.buffers()[1], np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
         parts.append(chunk.buffers()[2][offsets[0] : offsets[-1]].to_pybytes().decode())
     return "".join(parts)
-
-
-def trec_order(table: pa.Table, score_col: str = "score") -> tuple[pa.Table, np.ndarray]:
-    """Sort rows the way trec_eval ranks them and give each row its 0-based rank within its query.
-
-    Order: query_id ascending (only to group), score descending, doc_id descending
-    in byte order, which is trec_eval's tie-break. query_id and doc_id must be
-    strings (see `ids_as_strings`); Arrow compares strings by bytes, like strcmp.
-    Returns the sorted table and an int64 array of ranks (0 = best).
-    """
-    order = pc.sort_indices(
-        table,
-        sort_keys=[("query_id", "ascending"), (score_col, "descending"), ("doc_id", "descending")],
-    )
-    table = table.take(order)
-    return table, ranks_within_groups(table["query_id"])
-
-
-def group_starts(qids: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Start offsets of runs of equal values in a sorted id column, plus the total length at the end."""
-    n = len(qids)
-    if n == 0:
-        return np.zeros(1, dtype=np.int64)
-    if isinstance(qids, pa.ChunkedArray):
-        qids = qids.combine_chunks()
-    changed = pc.not_equal(qids.slice(1), qids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-    return np.concatenate([[0], np.flatnonzero(changed) + 1, [n]]).astype(np.int64)
-
-
-def ranks_within_groups(qids: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """0-based position of each row within its run of equal ids (the column must be sorted by id)."""
-    starts = group_starts(qids)
-    sizes = np.diff(starts)
-    return np.arange(len(qids), dtype=np.int64) - np.repeat(starts[:-1], sizes)

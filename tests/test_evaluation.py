@@ -14,16 +14,10 @@ import pytest
 import pytrec_eval
 
 from ettin_batch import evaluation
-from ettin_batch.evaluation import (
-    DEFAULT_METRICS,
-    EvaluationError,
-    EvaluationWarning,
-    evaluate,
-    main,
-    parse_metric,
-)
-from ettin_batch.trec import TrecInputError
+from ettin_batch.errors import ConfigError, InputError
+from ettin_batch.evaluation import DEFAULT_METRICS, EvaluationWarning, evaluate, parse_metric
 from local_s3 import local_s3
+from runs import write_rerank_run
 
 ALL_METRICS = ["ndcg@10", "mrr@10", "recall@100", "map", "ndcg", "mrr", "map@5", "p@5", "mrr@3", "recall@5"]
 
@@ -162,7 +156,7 @@ def test_pairs_scored_twice_are_counted_over_the_whole_run_not_one_chunk(monkeyp
     monkeypatch.setattr(evaluation, "EVAL_CHUNK_PAIRS", 1)
     run = pa.table({"query_id": ["q", "q", "r", "r"], "doc_id": ["a", "a", "b", "b"], "score": [1.0, 2.0, 1.0, 1.0]})
     qrels = pa.table({"query_id": ["q", "r"], "doc_id": ["a", "b"], "relevance": [1, 1]})
-    with pytest.raises(EvaluationError, match=r"2 \(query_id, doc_id\) pair\(s\) appear more than once"):
+    with pytest.raises(InputError, match=r"2 \(query_id, doc_id\) pair\(s\) appear more than once"):
         evaluate(run, qrels)
 
 
@@ -276,14 +270,14 @@ def test_reads_run_and_qrels_from_s3(monkeypatch):
 def test_a_pair_scored_twice_in_the_run_is_an_error():
     run = pa.table({"query_id": ["q", "q"], "doc_id": ["a", "a"], "score": [1.0, 2.0]})
     qrels = pa.table({"query_id": ["q"], "doc_id": ["a"], "relevance": [1]})
-    with pytest.raises(EvaluationError, match=r"1 \(query_id, doc_id\) pair\(s\) appear more than once"):
+    with pytest.raises(InputError, match=r"1 \(query_id, doc_id\) pair\(s\) appear more than once"):
         evaluate(run, qrels)
 
 
 def test_a_pair_judged_twice_with_different_grades_is_an_error():
     run = pa.table({"query_id": ["q"], "doc_id": ["a"], "score": [1.0]})
     qrels = pa.table({"query_id": ["q", "q"], "doc_id": ["a", "a"], "relevance": [1, 2]})
-    with pytest.raises(EvaluationError, match="different grades"):
+    with pytest.raises(InputError, match="different grades"):
         evaluate(run, qrels)
 
 
@@ -297,14 +291,14 @@ def test_identical_duplicate_judgments_are_counted_once_with_a_warning():
 def test_a_non_numeric_grade_in_trec_qrels_is_an_error_naming_the_line(tmp_path):
     path = tmp_path / "qrels.txt"
     path.write_text("q 0 a 1\nq 0 b high\n")
-    with pytest.raises(TrecInputError, match=r"qrels.txt:2: relevance must be an integer grade, got 'high'"):
+    with pytest.raises(InputError, match=r"qrels.txt:2: relevance must be an integer grade, got 'high'"):
         evaluate(pa.table({"query_id": ["q"], "doc_id": ["a"], "score": [1.0]}), str(path))
 
 
 @pytest.mark.parametrize("grades", [["1", "x", "y"], [1.0, 0.5, 2.0]])
 def test_non_integer_grades_in_parquet_qrels_are_an_error_with_a_count(tmp_path, grades):
     pq.write_table(pa.table({"query_id": ["q"] * 3, "doc_id": ["a", "b", "c"], "relevance": grades}), tmp_path / "q.parquet")
-    with pytest.raises(EvaluationError, match=r"(1|2) relevance value\(s\) are not integer grades"):
+    with pytest.raises(InputError, match=r"(1|2) relevance value\(s\) are not integer grades"):
         evaluate(pa.table({"query_id": ["q"], "doc_id": ["a"], "score": [1.0]}), str(tmp_path / "q.parquet"))
 
 
@@ -316,7 +310,7 @@ def test_integral_float_grades_are_accepted():
 def test_run_and_qrels_with_no_query_in_common_is_an_error():
     run = pa.table({"query_id": ["q1"], "doc_id": ["a"], "score": [1.0]})
     qrels = pa.table({"query_id": ["Q1"], "doc_id": ["a"], "relevance": [1]})
-    with pytest.raises(EvaluationError, match="share no query_id"):
+    with pytest.raises(InputError, match="share no query_id"):
         evaluate(run, qrels)
 
 
@@ -330,24 +324,31 @@ def test_rows_with_null_or_nan_scores_are_dropped_with_a_count():
 def test_a_missing_baseline_column_is_an_error_listing_the_columns(tmp_path):
     run, qrels = random_case(11)
     path = write_scores_folder(run.drop_columns(["retrieval_score"]), tmp_path / "scores")
-    with pytest.raises(TrecInputError, match=r"needs column\(s\) \['retrieval_score'\]; found"):
+    with pytest.raises(InputError, match=r"needs column\(s\) \['retrieval_score'\]; found"):
         evaluate(path, qrels, baseline_col="retrieval_score")
 
 
 def test_a_non_numeric_score_column_is_an_error_naming_it():
     run = pa.table({"query_id": ["q"], "doc_id": ["a"], "score": [1.0], "retrieval_score": ["high"]})
     qrels = pa.table({"query_id": ["q"], "doc_id": ["a"], "relevance": [1]})
-    with pytest.raises(EvaluationError, match="'retrieval_score' must be numeric"):
+    with pytest.raises(InputError, match="'retrieval_score' must be numeric"):
         evaluate(run, qrels, baseline_col="retrieval_score")
 
 
 @pytest.mark.parametrize("name", ["ndcg@0", "recall", "bleu", "mrr@x"])
 def test_an_unknown_metric_is_an_error(name):
-    with pytest.raises(EvaluationError, match="metric"):
+    with pytest.raises(ConfigError, match="metric"):
         parse_metric(name)
 
 
 # ---------------------------------------------------------------- CLI
+
+
+def main(args: list[str]) -> int:
+    """`ettin-batch eval ARGS`, in this process."""
+    from ettin_batch.cli import main as ettin_batch
+
+    return ettin_batch(["eval", *args])
 
 
 def test_cli_prints_run_baseline_and_delta_per_metric(tmp_path, capsys):
@@ -383,3 +384,73 @@ def test_cli_bad_input_exits_2_with_the_reason(tmp_path, capsys):
     (tmp_path / "q.txt").write_text("q 0 a 1\n")
     assert main(["--run", str(tmp_path / "missing"), "--qrels", str(tmp_path / "q.txt")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- runs that did not finish
+
+
+@pytest.mark.parametrize("entry", ["", "scores", "topk"])
+def test_a_run_that_did_not_finish_is_refused(tmp_path, entry):
+    run, qrels = random_case(16)
+    write_rerank_run(tmp_path / "out", run, finished=False)
+    with pytest.raises(InputError, match=r"--run .*out: no _SUCCESS.json there, so the run did not finish"):
+        evaluate(str(tmp_path / "out" / entry), qrels)
+
+
+@pytest.mark.parametrize("entry", ["", "topk"])
+def test_a_run_that_did_not_finish_is_evaluated_when_allowed_with_a_loud_warning(tmp_path, caplog, entry):
+    run, qrels = random_case(17)
+    write_rerank_run(tmp_path / "out", run, finished=False)
+    got = quiet_evaluate(str(tmp_path / "out" / entry), qrels, ["ndcg@10", "map"], allow_unfinished=True)
+    want = run if entry == "" else pq.read_table(tmp_path / "out" / "topk")
+    assert got["metrics"] == pytest.approx(reference(want, qrels, ["ndcg@10", "map"]), abs=1e-6)
+    assert "USING AN UNFINISHED RUN" in caplog.text and str(tmp_path / "out") in caplog.text
+
+
+def test_a_finished_run_folder_is_evaluated_from_its_scores(tmp_path):
+    run, qrels = random_case(18)
+    write_rerank_run(tmp_path / "out", run, top_k=3)
+    got = quiet_evaluate(str(tmp_path / "out"), qrels, ["ndcg@10", "recall@100"])
+    assert got["metrics"] == pytest.approx(reference(run, qrels, ["ndcg@10", "recall@100"]), abs=1e-6)
+
+
+# ---------------------------------------------------------------- files that are not what they claim to be
+
+
+NOT_TEXT = {
+    "gzip": (b"\x1f\x8b\x08\x00" + bytes(range(256)), "gzip-compressed"),
+    "nul bytes": (b"q 0 a 1\n\x00\x00\x00\x01\n", "binary file"),
+    "latin-1": ("q 0 a 1\nq 0 caf\u00e9 1\n".encode("latin-1"), r"qrels.txt:2: not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_TEXT)
+def test_a_binary_or_non_utf8_qrels_file_is_an_input_error_naming_it(tmp_path, case):
+    data, what = NOT_TEXT[case]
+    (tmp_path / "qrels.txt").write_bytes(data)
+    with pytest.raises(InputError, match=rf"{tmp_path}/{what if ':' in what else 'qrels.txt.*' + what}"):
+        evaluate(pa.table({"query_id": ["q"], "doc_id": ["a"], "score": [1.0]}), str(tmp_path / "qrels.txt"))
+
+
+def test_a_parquet_file_given_as_a_trec_qrels_file_says_to_name_it_parquet(tmp_path):
+    pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["a"], "relevance": [1]}), tmp_path / "qrels")
+    with pytest.raises(InputError, match=r"qrels is not a TREC run or qrels file .* a Parquet file: name it \*.parquet"):
+        evaluate(pa.table({"query_id": ["q"], "doc_id": ["a"], "score": [1.0]}), str(tmp_path / "qrels"))
+
+
+@pytest.mark.parametrize("what", ["qrels", "run"])
+def test_a_corrupt_parquet_file_is_an_input_error_naming_it(tmp_path, what):
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["a"], "relevance": [1], "score": [1.0]}), good)
+    bad = tmp_path / f"{what}.parquet"
+    bad.write_bytes(good.read_bytes()[:-40])  # cut short, as by an interrupted copy
+    args = {"qrels": (pa.table({"query_id": ["q"], "doc_id": ["a"], "score": [1.0]}), str(bad)),
+            "run": (str(bad), str(good))}[what]
+    with pytest.raises(InputError, match=rf"{bad}: cannot be read as Parquet"):
+        evaluate(*args)
+
+
+def test_a_binary_run_file_is_an_input_error_naming_it(tmp_path):
+    (tmp_path / "run.trec").write_bytes(b"\x00\x01\x02\x03" * 100)
+    with pytest.raises(InputError, match=rf"{tmp_path}/run.trec is not a TREC run or qrels file .*binary file"):
+        evaluate(str(tmp_path / "run.trec"), pa.table({"query_id": ["q"], "doc_id": ["a"], "relevance": [1]}))

@@ -14,11 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ettin_batch import trec
+from ettin_batch import ranking, trec
+from ettin_batch.errors import ConfigError, InputError, OutputError
 from ettin_batch.evaluation import EvaluationWarning, evaluate
-from ettin_batch.labels import LabelError, backfill_labels, grade_by_thresholds, main
-from ettin_batch.trec import TrecInputError
+from ettin_batch.labels import backfill_labels, grade_by_thresholds
 from local_s3 import local_s3
+from runs import write_rerank_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -60,21 +61,21 @@ def test_a_float32_score_just_below_a_threshold_stays_below():
 @pytest.mark.parametrize("thresholds", ["4.0,0.0,8.0", "0.0,4.0,4.0", [8.0, 4.0]])
 def test_thresholds_out_of_order_are_an_error(tmp_path, thresholds):
     path = write_scores(tmp_path / "scores", ["q"], ["d"], [1.0], n_files=1)
-    with pytest.raises(LabelError, match="strictly increasing"):
+    with pytest.raises(ConfigError, match="strictly increasing"):
         backfill_labels(path, str(tmp_path / "labels"), thresholds=thresholds)
 
 
 @pytest.mark.parametrize("thresholds", ["0,high", "0,nan", ""])
 def test_non_numeric_or_non_finite_thresholds_are_an_error(tmp_path, thresholds):
     path = write_scores(tmp_path / "scores", ["q"], ["d"], [1.0], n_files=1)
-    with pytest.raises(LabelError, match="threshold"):
+    with pytest.raises(ConfigError, match="threshold"):
         backfill_labels(path, str(tmp_path / "labels"), thresholds=thresholds)
 
 
 @pytest.mark.parametrize("rules", [{}, {"thresholds": "0", "top_n_relevant": 1}])
 def test_exactly_one_labelling_rule_is_required(tmp_path, rules):
     path = write_scores(tmp_path / "scores", ["q"], ["d"], [1.0], n_files=1)
-    with pytest.raises(LabelError, match="exactly one"):
+    with pytest.raises(ConfigError, match="exactly one"):
         backfill_labels(path, str(tmp_path / "labels"), **rules)
 
 
@@ -110,12 +111,12 @@ def test_top_n_ties_are_broken_like_trec_eval_so_the_same_scores_evaluate_perfec
 
 def test_top_n_with_a_pair_scored_twice_is_an_error(tmp_path):
     path = write_scores(tmp_path / "scores", ["q", "q"], ["d", "d"], [1.0, 2.0], n_files=1)
-    with pytest.raises(LabelError, match="1 \\(query_id, doc_id\\) pair\\(s\\) appear more than once"):
+    with pytest.raises(InputError, match="1 \\(query_id, doc_id\\) pair\\(s\\) appear more than once"):
         backfill_labels(path, str(tmp_path / "labels"), top_n_relevant=1)
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_per_block_candidates_and_one_cutoff_per_query_select_the_same_top_n_as_trec_order(seed):
+def test_per_block_candidates_and_one_cutoff_per_query_select_the_same_top_n_as_trec_eval_order(seed):
     """The Ray path's arithmetic, run here without Ray: blocks cut alone, cutoffs from the union."""
     from ettin_batch.pipeline.top_n_labels import block_candidates, query_cutoffs, relevant_mask
 
@@ -130,7 +131,7 @@ def test_per_block_candidates_and_one_cutoff_per_query_select_the_same_top_n_as_
 
     keys = pa.table({"query_id": trec.ids_as_strings(table["query_id"]), "doc_id": trec.ids_as_strings(table["doc_id"]),
                      "score": table["score"], "row": np.arange(n_rows)})
-    ordered, ranks = trec.trec_order(keys)
+    ordered, ranks = ranking.ranked(keys)
     want = np.zeros(n_rows, bool)
     want[ordered["row"].to_numpy()] = ranks < n
     assert np.array_equal(got, want)
@@ -138,16 +139,16 @@ def test_per_block_candidates_and_one_cutoff_per_query_select_the_same_top_n_as_
 
 
 def test_a_block_with_a_null_id_is_refused_before_it_reaches_the_shuffle():
-    from ettin_batch.pipeline.top_n_labels import TopNError, block_candidates
+    from ettin_batch.pipeline.top_n_labels import block_candidates
 
-    with pytest.raises(TopNError, match="1 row\\(s\\) have a null query_id"):
+    with pytest.raises(InputError, match="1 row\\(s\\) have a null query_id"):
         block_candidates(pa.table({"query_id": ["q", None], "doc_id": ["a", "b"], "score": [1.0, 2.0]}), n=1)
 
 
 @pytest.mark.parametrize("n", [0, -1, 1.5])
 def test_top_n_must_be_a_positive_integer(tmp_path, n):
     path = write_scores(tmp_path / "scores", ["q"], ["d"], [1.0], n_files=1)
-    with pytest.raises(LabelError, match="positive integer"):
+    with pytest.raises(ConfigError, match="positive integer"):
         backfill_labels(path, str(tmp_path / "labels"), top_n_relevant=n)
 
 
@@ -187,7 +188,7 @@ def test_histogram_range_covers_thresholds_outside_the_scores(tmp_path):
 
 
 def test_success_json_is_written_last_with_grade_counts(tmp_path):
-    path = write_scores(tmp_path / "scores", ["q"] * 4, ["a", "b", "c", "d"], [-1.0, 0.0, 5.0, 9.0], n_files=1)
+    write_scores(tmp_path / "scores", ["q"] * 4, ["a", "b", "c", "d"], [-1.0, 0.0, 5.0, 9.0], n_files=1)
     summary = backfill_labels(str(tmp_path), str(tmp_path / "labels"), thresholds=[0.0, 4.0, 8.0])  # a job output folder
     written = json.loads((tmp_path / "labels" / "_SUCCESS.json").read_text())
     assert written == summary
@@ -199,8 +200,8 @@ def test_a_failed_rerun_into_the_same_folder_leaves_no_success_marker(tmp_path):
     good = write_scores(tmp_path / "good", ["q"], ["a"], [1.0], n_files=1)
     bad = write_scores(tmp_path / "bad", ["q", "q"], ["a", "b c"], [1.0, 2.0], n_files=1)
     backfill_labels(good, str(tmp_path / "labels"), thresholds="0")
-    with pytest.raises(TrecInputError):
-        backfill_labels(bad, str(tmp_path / "labels"), thresholds="0")
+    with pytest.raises(InputError, match="1 doc_id\\(s\\) are empty or contain whitespace"):
+        backfill_labels(bad, str(tmp_path / "labels"), thresholds="0", overwrite=True)
     assert not (tmp_path / "labels" / "_SUCCESS.json").exists()
 
 
@@ -221,9 +222,79 @@ def test_reads_and_writes_s3(monkeypatch):
         summary = backfill_labels(f"{root}/out", f"{root}/labels", top_n_relevant=1)
         assert fs.cat(f"{root}/labels/qrels.txt").decode() == "q 0 b 1\nq 0 a 0\n"
         assert sorted(fs.ls(f"{root}/labels")) == [
-            f"labelbucket/labels/{name}" for name in ("_SUCCESS.json", "labels.parquet", "qrels.txt", "score_histogram.png")
+            f"labelbucket/labels/{name}"
+            for name in ("_SUCCESS.json", "_run.json", "labels.parquet", "qrels.txt", "score_histogram.png")
         ]
     assert summary["files"]["qrels.txt"] == "s3://labelbucket/labels/qrels.txt"
+
+
+# ---------------------------------------------------------------- the output folder
+
+
+def test_its_own_finished_output_is_refused_without_overwrite_and_left_as_it_was(tmp_path):
+    path = write_scores(tmp_path / "scores", ["q"] * 2, ["a", "b"], [1.0, 9.0], n_files=1)
+    backfill_labels(path, str(tmp_path / "labels"), thresholds="0,4,8")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "labels").iterdir()}
+    with pytest.raises(OutputError, match=r"labels/_SUCCESS.json exists: a finished `labels` run. Pass --overwrite"):
+        backfill_labels(path, str(tmp_path / "labels"), top_n_relevant=1)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "labels").iterdir()} == before
+
+
+def test_overwrite_replaces_its_own_finished_output(tmp_path):
+    path = write_scores(tmp_path / "scores", ["q"] * 2, ["a", "b"], [1.0, 9.0], n_files=1)
+    backfill_labels(path, str(tmp_path / "labels"), thresholds="0,4,8")
+    summary = backfill_labels(path, str(tmp_path / "labels"), top_n_relevant=1, overwrite=True)
+    assert (tmp_path / "labels" / "qrels.txt").read_text() == "q 0 b 1\nq 0 a 0\n"
+    assert json.loads((tmp_path / "labels" / "_SUCCESS.json").read_text()) == summary
+    assert summary["kind"] == "labels" and summary["mode"] == "top_n_relevant"
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_rerank_runs_folder_is_refused_as_output_and_left_as_it_was(tmp_path, finished):
+    scores = pa.table({"query_id": ["q", "q"], "doc_id": ["a", "b"], "score": pa.array([1.0, 9.0], pa.float32())})
+    rerank_out = write_rerank_run(tmp_path / "reranked", scores, finished=finished)
+    path = write_scores(tmp_path / "scores", ["q"] * 2, ["a", "b"], [1.0, 9.0], n_files=1)
+    before = {p: p.read_bytes() for p in (tmp_path / "reranked").rglob("*") if p.is_file()}
+    with pytest.raises(OutputError, match=r"reranked.*(a finished|an unfinished) `rerank` run"):
+        backfill_labels(path, rerank_out, thresholds="0")
+    assert {p: p.read_bytes() for p in (tmp_path / "reranked").rglob("*") if p.is_file()} == before
+
+
+def test_a_folder_of_someone_elses_files_is_refused_as_output(tmp_path):
+    path = write_scores(tmp_path / "scores", ["q"], ["a"], [1.0], n_files=1)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "notes.md").write_text("mine")
+    with pytest.raises(OutputError, match=r"is not empty \(notes.md\) and holds no ettin-batch run"):
+        backfill_labels(path, str(tmp_path / "labels"), thresholds="0")
+    assert [p.name for p in (tmp_path / "labels").iterdir()] == ["notes.md"]
+
+
+# ---------------------------------------------------------------- reading a run back
+
+
+@pytest.mark.parametrize("entry", ["", "scores"])
+def test_scores_of_a_run_that_did_not_finish_are_refused(tmp_path, entry):
+    scores = pa.table({"query_id": ["q", "q"], "doc_id": ["a", "b"], "score": pa.array([1.0, 9.0], pa.float32())})
+    write_rerank_run(tmp_path / "out", scores, finished=False)
+    with pytest.raises(InputError, match=r"--scores .*out: no _SUCCESS.json there, so the run did not finish"):
+        backfill_labels(str(tmp_path / "out" / entry), str(tmp_path / "labels"), thresholds="0")
+    assert not (tmp_path / "labels").exists()
+
+
+def test_scores_of_a_run_that_did_not_finish_are_labelled_when_allowed_with_a_loud_warning(tmp_path, caplog):
+    scores = pa.table({"query_id": ["q", "q"], "doc_id": ["a", "b"], "score": pa.array([1.0, 9.0], pa.float32())})
+    write_rerank_run(tmp_path / "out", scores, finished=False)
+    summary = backfill_labels(str(tmp_path / "out"), str(tmp_path / "labels"), top_n_relevant=1, allow_unfinished=True)
+    assert (tmp_path / "labels" / "qrels.txt").read_text() == "q 0 b 1\nq 0 a 0\n"
+    assert summary["rows"] == 2
+    assert "USING AN UNFINISHED RUN" in caplog.text and str(tmp_path / "out") in caplog.text
+
+
+def test_a_finished_runs_folder_is_read_from_its_scores_not_its_topk(tmp_path):
+    scores = pa.table({"query_id": ["q"] * 3, "doc_id": ["a", "b", "c"], "score": pa.array([1.0, 9.0, 5.0], pa.float32())})
+    write_rerank_run(tmp_path / "out", scores, top_k=1)
+    summary = backfill_labels(str(tmp_path / "out"), str(tmp_path / "labels"), thresholds="4")
+    assert summary["rows"] == 3 and summary["grade_counts"] == {"0": 1, "1": 2}
 
 
 # ---------------------------------------------------------------- bad input
@@ -235,35 +306,44 @@ def test_null_or_nan_scores_are_an_error_with_a_count(tmp_path, rule, bad):
     (tmp_path / "scores").mkdir()
     pq.write_table(pa.table({"query_id": ["q"] * 3, "doc_id": ["a", "b", "c"], "score": pa.array([1.0, bad, bad], pa.float32())}),
                    tmp_path / "scores" / "part-0.parquet")
-    with pytest.raises(LabelError, match="2 row\\(s\\) have a null, NaN or infinite score"):
+    with pytest.raises(InputError, match="2 row\\(s\\) have a null, NaN or infinite score"):
         backfill_labels(str(tmp_path / "scores"), str(tmp_path / "labels"), **rule)
 
 
 def test_a_missing_score_column_is_an_error_listing_the_columns(tmp_path):
     (tmp_path / "scores").mkdir()
     pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["a"], "logit": [1.0]}), tmp_path / "scores" / "part-0.parquet")
-    with pytest.raises(LabelError, match=r"need column\(s\) \['score'\]; found \['query_id', 'doc_id', 'logit'\]"):
+    with pytest.raises(InputError, match=r"need column\(s\) \['score'\]; found \['query_id', 'doc_id', 'logit'\]"):
         backfill_labels(str(tmp_path / "scores"), str(tmp_path / "labels"), thresholds="0")
 
 
 @pytest.mark.parametrize("doc_id", ["two words", "tab\there", ""])
 def test_ids_that_trec_qrels_cannot_hold_are_an_error(tmp_path, doc_id):
     path = write_scores(tmp_path / "scores", ["q", "q"], ["ok", doc_id], [1.0, 2.0], n_files=1)
-    with pytest.raises(TrecInputError, match="1 doc_id\\(s\\) are empty or contain whitespace"):
+    with pytest.raises(InputError, match="1 doc_id\\(s\\) are empty or contain whitespace"):
         backfill_labels(path, str(tmp_path / "labels"), thresholds="0")
 
 
 def test_a_null_id_is_an_error_not_a_missing_qrels_line(tmp_path):
     path = write_scores(tmp_path / "scores", ["q", "q"], pa.array(["ok", None]), [1.0, 2.0], n_files=1)
-    with pytest.raises(TrecInputError, match="1 doc_id\\(s\\) are null"):
+    with pytest.raises(InputError, match="1 doc_id\\(s\\) are null"):
         backfill_labels(path, str(tmp_path / "labels"), thresholds="0")
 
 
 def test_a_non_numeric_score_column_is_an_error(tmp_path):
     (tmp_path / "scores").mkdir()
     pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["a"], "score": ["9.1"]}), tmp_path / "scores" / "part-0.parquet")
-    with pytest.raises(LabelError, match="'score' must be numeric"):
+    with pytest.raises(InputError, match="'score' must be numeric"):
         backfill_labels(str(tmp_path / "scores"), str(tmp_path / "labels"), thresholds="0")
+
+
+def test_a_cut_short_parquet_file_in_the_scores_is_an_input_error_naming_it(tmp_path):
+    path = write_scores(tmp_path / "scores", ["q"] * 4, ["a", "b", "c", "d"], [1.0, 2.0, 3.0, 4.0], n_files=2)
+    part = tmp_path / "scores" / "part-1.parquet"
+    part.write_bytes(part.read_bytes()[:-40])
+    with pytest.raises(InputError, match=rf"{path}: cannot be read as Parquet .*part-1.parquet"):
+        backfill_labels(path, str(tmp_path / "labels"), thresholds="0")
+    assert not (tmp_path / "labels").exists()  # refused before anything is written
 
 
 def test_importing_the_module_does_not_import_matplotlib():
@@ -272,6 +352,13 @@ def test_importing_the_module_does_not_import_matplotlib():
 
 
 # ---------------------------------------------------------------- CLI
+
+
+def main(args: list[str]) -> int:
+    """`ettin-batch labels ARGS`, in this process."""
+    from ettin_batch.cli import main as ettin_batch
+
+    return ettin_batch(["labels", *args])
 
 
 def test_cli_prints_pairs_per_grade_and_the_files(tmp_path, capsys):
@@ -296,7 +383,6 @@ def test_cli_thresholds_out_of_order_exit_2_with_the_reason(tmp_path, capsys):
     assert "strictly increasing" in capsys.readouterr().err
 
 
-def test_cli_refuses_both_rules_at_once(tmp_path):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--scores", "x", "--output", "y", "--thresholds", "0", "--top-n-relevant", "1"])
-    assert exit_info.value.code == 2
+def test_cli_refuses_both_rules_at_once(tmp_path, capsys):
+    assert main(["--scores", "x", "--output", "y", "--thresholds", "0", "--top-n-relevant", "1"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err

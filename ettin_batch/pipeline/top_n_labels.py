@@ -32,20 +32,17 @@ finding it would take the full shuffle this plan avoids.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ettin_batch import trec
-from ettin_batch.pipeline.topk import trec_sort_indices
+from ettin_batch import ranking, trec
+from ettin_batch.errors import InputError
 
 CUTOFF_COLUMNS = ("query_id", "cut_score", "cut_doc")
-
-
-class TopNError(ValueError):
-    """Scores that cannot be cut into top-N labels; raised inside Ray tasks, re-raised by the caller."""
+NEEDS_UNIQUE_PAIRS = "a top-N cut per query needs each pair once"
+# An InputError raised here inside a Ray task reaches the driver as Ray's traceback text; labels recovers its message.
 
 
 def _canonical(batch: pa.Table, score_col: str) -> pa.Table:
@@ -56,36 +53,34 @@ def _canonical(batch: pa.Table, score_col: str) -> pa.Table:
 def _check_block(table: pa.Table) -> None:
     for col in ("query_id", "doc_id"):  # a null key would be grouped and compared silently
         if table.column(col).null_count:
-            raise TopNError(f"{table.column(col).null_count} row(s) have a null {col} (counted in one block of "
-                            "the input); TREC qrels cannot hold them, drop them before labelling")
+            raise InputError(f"{table.column(col).null_count} row(s) have a null {col} (counted in one block of "
+                             "the input); TREC qrels cannot hold them, drop them before labelling")
     scores = pc.cast(table.column("score"), pa.float64()).to_numpy(zero_copy_only=False)  # null -> NaN
     bad = int(np.count_nonzero(~np.isfinite(scores)))
     if bad:
-        raise TopNError(f"{bad} row(s) have a null, NaN or infinite score (counted in one block of the input; "
-                        "there may be more); drop them before labelling")
-    pairs = table.group_by(["query_id", "doc_id"]).aggregate([]).num_rows
-    if pairs != table.num_rows:
-        raise TopNError(f"{table.num_rows - pairs} (query_id, doc_id) pair(s) appear more than once in the scores "
-                        "(counted in one block of the input); a top-N cut per query needs each pair once")
+        raise InputError(f"{bad} row(s) have a null, NaN or infinite score (counted in one block of the input; "
+                         "there may be more); drop them before labelling")
+    ranking.refuse_repeated_pairs(table, "one block of the scores", NEEDS_UNIQUE_PAIRS)
 
 
 def _sorted_groups(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
     """Rows in trec_eval's order within each query, and each query's start offset (plus the end)."""
-    table = table.take(trec_sort_indices(table))
-    return table, trec.group_starts(table.column("query_id"))
+    table = table.take(ranking.order(table))
+    return table, ranking.group_starts(table.column("query_id"))
 
 
 def block_candidates(batch: pa.Table, *, n: int, score_col: str = "score") -> pa.Table:
     """Ray map_batches step, one block: each query's n best rows and its worst row (query_id, doc_id, score).
 
-    Raises TopNError for a non-finite score or a pair seen twice in the block.
+    Raises InputError for a null id, a non-finite score or a pair seen twice in the block.
     """
     table = _canonical(batch, score_col)
     _check_block(table)
-    table, starts = _sorted_groups(table)
-    rank = np.arange(table.num_rows) - np.repeat(starts[:-1], np.diff(starts))
+    if table.num_rows == 0:
+        return table
+    table, rank = ranking.ranked(table)
     keep = rank < n
-    keep[starts[1:] - 1] = True  # each query's worst row: the bottom of the score range
+    keep |= np.append(rank[1:] == 0, True)  # each query's worst row (the next starts a query): the score range's bottom
     return table.filter(pa.array(keep))
 
 
@@ -99,10 +94,7 @@ def query_cutoffs(block: pa.Table, *, n: int) -> pa.Table:
     if block.num_rows == 0:  # an empty partition; it may not even carry the columns
         return cutoff_schema(block.schema.field("query_id").type if "query_id" in block.column_names
                              else pa.string()).empty_table()
-    pairs = block.group_by(["query_id", "doc_id"]).aggregate([]).num_rows
-    if pairs != block.num_rows:
-        raise TopNError(f"{block.num_rows - pairs} (query_id, doc_id) pair(s) appear more than once in the scores "
-                        "(found among the queries' best rows); a top-N cut per query needs each pair once")
+    ranking.refuse_repeated_pairs(block, "the queries' best rows in the scores", NEEDS_UNIQUE_PAIRS)
     table, starts = _sorted_groups(block)
     sizes = np.diff(starts)
     kept = np.minimum(n, sizes)
@@ -134,8 +126,8 @@ def relevant_mask(query_id, doc_id, scores, cutoffs: pa.Table) -> np.ndarray:
     at = pc.index_in(query_id, value_set=value_set.combine_chunks() if isinstance(value_set, pa.ChunkedArray)
                      else value_set)
     if at.null_count:
-        raise TopNError(f"{at.null_count} row(s) belong to no query of the cutoff table; the scores changed while "
-                        "they were being labelled? Run again on a finished scores/ folder")
+        raise InputError(f"{at.null_count} row(s) belong to no query of the cutoff table; the scores changed while "
+                         "they were being labelled? Run again on a finished scores/ folder")
     cut_score = cutoffs.column("cut_score").take(at).to_numpy(zero_copy_only=False)
     cut_doc = cutoffs.column("cut_doc").take(at)
     s = pc.cast(scores, pa.float64()).to_numpy(zero_copy_only=False)
@@ -165,23 +157,6 @@ def label_rows(batch: pa.Table, *, cutoffs, score_col: str = "score") -> pa.Tabl
 
 
 # ---------------------------------------------------------------- the plan
-
-
-def ensure_ray(address: str | None) -> bool:
-    """Connect to `address` (or RAY_ADDRESS) or start a local Ray; True if this call started it.
-
-    The same rule as the rerank job: a Ray already running in this process is used as is.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(include_dashboard=False)
-    return True
 
 
 def _read(files: list[str], filesystem, score_col: str):

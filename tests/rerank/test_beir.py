@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import pytrec_eval
 
-from ettin_batch.beir import BeirConfig, BeirInputError, BeirWarning, build_candidates
-from ettin_batch.cli import main
+from ettin_batch.beir import BeirConfig, BeirWarning, beir_rerank, build_candidates
 from ettin_batch.config import RerankConfig
-from ettin_batch.trec import TrecInputError
+from ettin_batch.errors import InputError, OutputError
+from ettin_batch.run_folder import RunFolder
 
 from .conftest import TINY
 
@@ -92,6 +92,8 @@ def _expected_candidates(case: dict) -> list[tuple]:
 
 
 def _cli(args: list[str]) -> tuple[int, str, str]:
+    from ettin_batch.cli import main
+
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(args)
@@ -192,9 +194,19 @@ def test_the_written_qrels_reproduce_the_numbers_with_ettin_batch_eval(done):
     assert code == 0 and json.loads(stdout)["metrics"] == report["metrics"]
 
 
-def test_running_it_again_refuses_before_reading_the_corpus_unless_overwrite(done):
-    code, _, err = _cli(_args(done["beir"], done["out"]))
-    assert code == 2 and "--overwrite" in err and "rerank/_SUCCESS.json" in err
+def test_the_output_is_a_finished_beir_run_whose_success_marker_comes_last(done):
+    manifest = json.loads((done["out"] / "_SUCCESS.json").read_text())
+    assert manifest["kind"] == "beir" and manifest["metrics"] == done["printed"]["metrics"]
+    assert manifest["rerank"] == str(done["out"] / "rerank")
+    assert json.loads((done["out"] / "_run.json").read_text())["kind"] == "beir"
+    written = {p.name: p.stat().st_mtime_ns for p in done["out"].iterdir()}
+    assert written["_SUCCESS.json"] >= max(written.values())
+
+
+def test_running_it_again_refuses_before_reading_the_corpus_unless_overwrite(done, tmp_path):
+    # The BEIR folder is gone: the refusal comes before any input is read.
+    code, _, err = _cli(_args(tmp_path / "nowhere", done["out"]))
+    assert code == 2 and f"{done['out']}/_SUCCESS.json exists: a finished `beir` run" in err and "--overwrite" in err
 
 
 # ---------------------------------------------------------------- candidates without Ray
@@ -202,7 +214,7 @@ def test_running_it_again_refuses_before_reading_the_corpus_unless_overwrite(don
 
 def _config(beir, out, **kw) -> BeirConfig:
     return BeirConfig(beir=str(beir), run=kw.pop("run", str(beir / "run.trec")), output=str(out), depth=DEPTH,
-                      rerank=RerankConfig(model=TINY), **kw).validate()
+                      rerank=RerankConfig.of(model=TINY, progress=False, **kw.pop("rerank", {})), **kw).validate()
 
 
 def _build(beir, out, **kw) -> dict:
@@ -251,7 +263,7 @@ def test_a_run_document_missing_from_the_corpus_is_an_error_naming_the_run_line(
     corpus = tmp_path / "ds" / "corpus.jsonl"
     _rewrite(corpus, [line for line in _lines(corpus) if '"doc-4"' not in line])
     line = 1 + next(i for i, text in enumerate(_lines(tmp_path / "ds" / "run.trec")) if " doc-4 " in text)
-    with pytest.raises(BeirInputError, match=rf"run.trec:{line}: document 'doc-4' is not in .*corpus.jsonl"):
+    with pytest.raises(InputError, match=rf"run.trec:{line}: document 'doc-4' is not in .*corpus.jsonl"):
         _build(tmp_path / "ds", tmp_path / "out")
 
 
@@ -260,7 +272,7 @@ def test_a_run_query_missing_from_queries_jsonl_is_an_error_naming_the_run_line(
     queries = tmp_path / "ds" / "queries.jsonl"
     _rewrite(queries, [line for line in _lines(queries) if '"q2"' not in line])
     line = 1 + next(i for i, text in enumerate(_lines(tmp_path / "ds" / "run.trec")) if text.startswith("q2 "))
-    with pytest.raises(BeirInputError, match=rf"run.trec:{line}: query 'q2' is not in .*queries.jsonl"):
+    with pytest.raises(InputError, match=rf"run.trec:{line}: query 'q2' is not in .*queries.jsonl"):
         _build(tmp_path / "ds", tmp_path / "out")
 
 
@@ -268,7 +280,7 @@ def test_a_parquet_run_document_missing_from_the_corpus_names_the_file_and_row(t
     _write_beir(tmp_path / "ds")
     pq.write_table(pa.table({"query_id": ["q1", "q1"], "doc_id": ["doc-1", "nowhere"], "score": [2.0, 1.0]}),
                    tmp_path / "run.parquet")
-    with pytest.raises(BeirInputError, match=r"run.parquet \(row 2\): document 'nowhere' is not in"):
+    with pytest.raises(InputError, match=r"run.parquet \(row 2\): document 'nowhere' is not in"):
         _build(tmp_path / "ds", tmp_path / "out", run=str(tmp_path / "run.parquet"))
 
 
@@ -278,7 +290,7 @@ def test_a_malformed_corpus_line_the_run_needs_is_an_error_naming_it(tmp_path):
     lines = _lines(corpus)
     lines[5] = lines[5][:-1]  # doc-5, cut short
     _rewrite(corpus, lines)
-    with pytest.raises(BeirInputError, match=r"corpus.jsonl:6: not a JSON line"):
+    with pytest.raises(InputError, match=r"corpus.jsonl:6: not a JSON line"):
         _build(tmp_path / "ds", tmp_path / "out")
 
 
@@ -296,7 +308,7 @@ def test_a_document_defined_twice_is_an_error_naming_both_lines(tmp_path):
     corpus = tmp_path / "ds" / "corpus.jsonl"
     lines = _lines(corpus)
     _rewrite(corpus, lines + [lines[2]])
-    with pytest.raises(BeirInputError, match=r"corpus.jsonl:41: document 'doc-2' is defined again \(first at line 3\)"):
+    with pytest.raises(InputError, match=r"corpus.jsonl:41: document 'doc-2' is defined again \(first at line 3\)"):
         _build(tmp_path / "ds", tmp_path / "out")
 
 
@@ -306,7 +318,7 @@ def test_a_malformed_run_line_is_an_error_naming_it(tmp_path):
     lines = _lines(run)
     lines[3] = "q1 Q0 doc-1 4 bm25"
     _rewrite(run, lines)
-    with pytest.raises(TrecInputError, match=r"run.trec:4: a run line has 6 fields"):
+    with pytest.raises(InputError, match=r"run.trec:4: a run line has 6 fields"):
         _build(tmp_path / "ds", tmp_path / "out")
 
 
@@ -315,7 +327,7 @@ def test_a_pair_listed_twice_in_the_run_is_an_error_naming_the_second_line(tmp_p
     run = tmp_path / "ds" / "run.trec"
     lines = _lines(run)
     _rewrite(run, lines[:2] + [lines[0].replace(" bm25", "").rsplit(" ", 1)[0] + " 0.1 bm25"] + lines[2:])
-    with pytest.raises(BeirInputError, match=r"run.trec:3: query 'q1' lists document .* again"):
+    with pytest.raises(InputError, match=r"run.trec:3: query 'q1' lists document .* again"):
         _build(tmp_path / "ds", tmp_path / "out")
 
 
@@ -325,13 +337,13 @@ def test_a_non_integer_qrels_grade_is_an_error_naming_the_line(tmp_path):
     lines = _lines(qrels)
     lines[2] = "q1\tdoc-2\thigh"
     _rewrite(qrels, lines)
-    with pytest.raises(BeirInputError, match=r"test.tsv:3: score must be an integer grade, got 'high'"):
+    with pytest.raises(InputError, match=r"test.tsv:3: score must be an integer grade, got 'high'"):
         _build(tmp_path / "ds", tmp_path / "out")
 
 
 def test_a_missing_split_lists_the_splits_there(tmp_path):
     _write_beir(tmp_path / "ds")
-    with pytest.raises(BeirInputError, match=r"dev.tsv: no such file; splits in .*: \['test', 'train'\]"):
+    with pytest.raises(InputError, match=r"dev.tsv: no such file; splits in .*: \['test', 'train'\]"):
         _build(tmp_path / "ds", tmp_path / "out", split="dev")
 
 
@@ -357,3 +369,75 @@ def test_rebuilding_the_candidates_gives_the_same_files_so_an_interrupted_rerank
     again = {p.name: pq.read_table(p) for p in (tmp_path / "out" / "candidates").iterdir()}
     assert len(first) == 3 and first.keys() == again.keys()
     assert all(first[name].equals(again[name]) for name in first)
+
+
+def test_binary_qrels_are_an_error_naming_the_file_and_line(tmp_path):
+    _write_beir(tmp_path / "ds")
+    (tmp_path / "ds" / "qrels" / "test.tsv").write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)))
+    with pytest.raises(InputError, match=r"qrels/test.tsv:1: not UTF-8 text .* BEIR qrels are tab-separated text"):
+        _build(tmp_path / "ds", tmp_path / "out")
+
+
+# ---------------------------------------------------------------- OUT is a run folder
+
+
+def _files(folder) -> dict:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_an_output_holding_another_commands_run_is_refused_and_left_as_it_was(tmp_path):
+    _write_beir(tmp_path / "ds")
+    labels = RunFolder.open(str(tmp_path / "out"), "labels")
+    labels.check(overwrite=False)
+    labels.begin()
+    (tmp_path / "out" / "qrels.txt").write_text("q1 0 doc-1 1\n")
+    labels.finish({"mode": "thresholds"})
+    before = _files(tmp_path / "out")
+    with pytest.raises(OutputError, match=r"out/_SUCCESS.json exists: a finished `labels` run"):
+        beir_rerank(_config(tmp_path / "ds", tmp_path / "out"))
+    assert _files(tmp_path / "out") == before
+
+
+def _quiet_beir(config: BeirConfig):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BeirWarning)
+        return beir_rerank(config)
+
+
+def test_overwrite_replaces_a_finished_beir_run(tmp_path, ray_session):
+    case = _write_beir(tmp_path / "ds")
+    old = RunFolder.open(str(tmp_path / "out"), "beir")  # a finished run of other settings, as it was left
+    old.check(overwrite=False)
+    old.begin()
+    (tmp_path / "out" / "candidates").mkdir()
+    pq.write_table(pa.table({"query_id": ["old"]}), tmp_path / "out" / "candidates" / "part-00099.parquet")
+    (tmp_path / "out" / "eval.json").write_text('{"metrics": {}}')
+    old.finish({"depth": 1})
+
+    result = _quiet_beir(_config(tmp_path / "ds", tmp_path / "out", rerank={"overwrite": True}))
+    assert sorted(p.name for p in (tmp_path / "out" / "candidates").iterdir()) == ["part-00000.parquet"]
+    assert json.loads((tmp_path / "out" / "eval.json").read_text()) == result.evaluation
+    assert json.loads((tmp_path / "out" / "_SUCCESS.json").read_text())["depth"] == DEPTH
+    assert result.rerank.counts["scored"] == len(_expected_candidates(case))
+
+
+def test_a_run_that_stopped_part_way_is_taken_up_again_and_its_rerank_resumes(tmp_path, ray_session):
+    _write_beir(tmp_path / "ds")
+    config = _config(tmp_path / "ds", tmp_path / "out")
+    first = _quiet_beir(config)
+    out = tmp_path / "out"
+    for name in ("_SUCCESS.json", "eval.json"):  # it stopped after the rerank finished
+        (out / name).unlink()
+
+    corpus = tmp_path / "ds" / "corpus.jsonl"
+    corpus.rename(tmp_path / "corpus.away")  # the refusal comes before the corpus is read
+    with pytest.raises(OutputError, match=r"out/rerank/_SUCCESS.json exists: that rerank finished"):
+        _quiet_beir(_config(tmp_path / "ds", out))
+    (tmp_path / "corpus.away").rename(corpus)
+
+    (out / "rerank" / "_SUCCESS.json").unlink()  # now it stopped in the rerank's top-k, after the scoring
+    again = _quiet_beir(_config(tmp_path / "ds", out))
+    assert again.rerank.manifest["resume"]["groups_skipped"] == again.rerank.manifest["resume"]["groups"] == 1
+    assert again.rerank.manifest["pairs_scored_this_run"] == 0
+    assert again.evaluation["metrics"] == first.evaluation["metrics"]
+    assert json.loads((out / "_SUCCESS.json").read_text())["kind"] == "beir"

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ettin_batch import labels
-from ettin_batch.labels import LabelError, backfill_labels
+from ettin_batch.errors import InputError
+from ettin_batch.labels import backfill_labels
 
 
 @pytest.fixture
@@ -68,11 +69,18 @@ def test_ray_and_in_process_top_n_write_the_same_labels(tmp_path, monkeypatch, o
         (tmp_path / "local" / "score_histogram.png").read_bytes()
 
 
+def raised_in_a_task(error: InputError, scores: str) -> bool:
+    """The message a Ray task raised, recovered at the driver as a plain InputError naming the scores, not
+    Ray's wrapper (a subclass of InputError whose text is the task's whole traceback)."""
+    return type(error) is InputError and str(error).startswith(f"{scores}: ") and "Traceback" not in str(error)
+
+
 def test_a_pair_twice_in_one_file_is_an_error_on_ray(tmp_path, on_ray):
     table = pa.table({"query_id": ["q"] * 4, "doc_id": ["a", "b", "c", "a"], "score": [1.0, 2.0, 3.0, -4.0]})
     scores = write_files(tmp_path / "scores", table, n_files=1)
-    with pytest.raises(LabelError, match="1 \\(query_id, doc_id\\) pair\\(s\\) appear more than once"):
+    with pytest.raises(InputError, match="1 \\(query_id, doc_id\\) pair\\(s\\) appear more than once") as error:
         backfill_labels(scores, str(tmp_path / "labels"), top_n_relevant=1)
+    assert raised_in_a_task(error.value, scores)
     assert not (tmp_path / "labels" / "_SUCCESS.json").exists()
 
 
@@ -80,15 +88,17 @@ def test_a_pair_twice_across_files_among_the_best_is_an_error_on_ray(tmp_path, o
     table = pa.table({"query_id": ["q"] * 6, "doc_id": ["a", "a", "b", "c", "d", "e"],
                       "score": [9.0, 8.0, 1.0, 1.0, 0.0, 0.0]})
     scores = write_files(tmp_path / "scores", table, n_files=2)  # the two "a" rows land in different files
-    with pytest.raises(LabelError, match="pair\\(s\\) appear more than once"):
+    with pytest.raises(InputError, match="pair\\(s\\) appear more than once") as error:
         backfill_labels(scores, str(tmp_path / "labels"), top_n_relevant=2)
+    assert raised_in_a_task(error.value, scores)
 
 
 def test_a_nan_score_is_an_error_on_ray(tmp_path, on_ray):
     table = pa.table({"query_id": ["q"] * 3, "doc_id": ["a", "b", "c"], "score": pa.array([1.0, None, float("nan")])})
     scores = write_files(tmp_path / "scores", table, n_files=1)
-    with pytest.raises(LabelError, match="2 row\\(s\\) have a null, NaN or infinite score"):
+    with pytest.raises(InputError, match="2 row\\(s\\) have a null, NaN or infinite score") as error:
         backfill_labels(scores, str(tmp_path / "labels"), top_n_relevant=1)
+    assert raised_in_a_task(error.value, scores)
 
 
 def test_top_n_on_ray_reads_and_writes_s3(s3, on_ray):
