@@ -181,7 +181,7 @@ def _locate(path: str, mask, nth: int = 1) -> str:
     """`path:line` (TREC file) or `file (row n)` (Parquet) of the nth row where `mask` holds; errors only.
 
     read_run keeps neither line numbers nor files (the happy path does not need them), so an
-    error maps the row back: TREC lines are the table's rows minus blank lines; Parquet rows
+    error maps the row back: TREC lines are the table's rows minus blank and comment lines; Parquet rows
     are counted file by file, in the order the dataset read them.
     """
     rows = np.flatnonzero(np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False)))
@@ -193,11 +193,10 @@ def _locate(path: str, mask, nth: int = 1) -> str:
                 return f"{fragment.path} (row {row + 1})"
             row -= n
         return path
-    for lineno, line in enumerate(trec._read_lines(path), start=1):  # the lines read_trec_run read
-        if line.split():
-            if row == 0:
-                return f"{path}:{lineno}"
-            row -= 1
+    for lineno, _ in trec.run_lines(path):  # the lines read_trec_run read, comments and blanks skipped
+        if row == 0:
+            return f"{path}:{lineno}"
+        row -= 1
     return path
 
 
