@@ -72,10 +72,6 @@ CANDIDATE_SCHEMA = pa.schema([
 ])
 
 
-# read_run raises this name; it is InputError (issue 13 item 10 is changing read_run's body).
-BeirInputError = InputError
-
-
 class BeirWarning(UserWarning):
     """Something that changes which queries are reranked; the message gives counts."""
 
@@ -150,9 +146,9 @@ def read_run(path: str) -> pa.Table:
         table = trec.read_parquet_columns(path, ["query_id", "doc_id", "score"], "a run")
         for col in table.column_names:
             if table[col].null_count:
-                raise BeirInputError(f"{_locate(path, pc.is_null(table[col]))}: null {col} in the run")
+                raise InputError(f"{_locate(path, pc.is_null(table[col]))}: null {col} in the run")
         if not pa.types.is_floating(table["score"].type) and not pa.types.is_integer(table["score"].type):
-            raise BeirInputError(f"{path}: the run's score column must be numeric, got {table['score'].type}")
+            raise InputError(f"{path}: the run's score column must be numeric, got {table['score'].type}")
         table = pa.table({"query_id": trec.ids_as_strings(table["query_id"]),
                           "doc_id": trec.ids_as_strings(table["doc_id"]),
                           "score": pc.cast(table["score"], pa.float64())})
@@ -160,16 +156,14 @@ def read_run(path: str) -> pa.Table:
         table = trec.read_trec_run(path)
     nan = pc.is_nan(table["score"])
     if pc.any(nan).as_py():
-        raise BeirInputError(f"{_locate(path, nan)}: the run's score is NaN")
-    counts = table.group_by(["query_id", "doc_id"]).aggregate([("doc_id", "count")])
-    dup = counts.filter(pc.greater(counts["doc_id_count"], 1))
-    if dup.num_rows:
-        first = dup.slice(0, 1).to_pylist()[0]
-        twice = pc.and_(pc.equal(table["query_id"], first["query_id"]), pc.equal(table["doc_id"], first["doc_id"]))
-        raise BeirInputError(
-            f"{_locate(path, twice, nth=2)}: query {first['query_id']!r} lists document {first['doc_id']!r} again; "
-            f"{dup.num_rows} pair(s) appear more than once in the run. A run scores each pair once "
-            "(pytrec_eval would keep one of the scores silently)")
+        raise InputError(f"{_locate(path, nan)}: the run's score is NaN")
+    extra, first = ranking.repeated_pairs(table)
+    if extra:
+        qid, doc = first
+        twice = pc.and_(pc.equal(table["query_id"], qid), pc.equal(table["doc_id"], doc))
+        raise InputError(
+            f"{_locate(path, twice, nth=2)}: query {qid!r} lists document {doc!r} again; {extra} line(s) repeat "
+            "a pair listed before them. A run scores each pair once (pytrec_eval would keep one of the scores silently)")
     return table
 
 
@@ -177,7 +171,7 @@ def _locate(path: str, mask, nth: int = 1) -> str:
     """`path:line` (TREC file) or `file (row n)` (Parquet) of the nth row where `mask` holds; errors only.
 
     read_run keeps neither line numbers nor files (the happy path does not need them), so an
-    error maps the row back: TREC lines are the table's rows minus blank lines; Parquet rows
+    error maps the row back: TREC lines are the table's rows minus blank and comment lines; Parquet rows
     are counted file by file, in the order the dataset read them.
     """
     rows = np.flatnonzero(np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False)))
@@ -189,11 +183,10 @@ def _locate(path: str, mask, nth: int = 1) -> str:
                 return f"{fragment.path} (row {row + 1})"
             row -= n
         return path
-    for lineno, line in enumerate(trec._read_lines(path), start=1):  # the lines read_trec_run read
-        if line.split():
-            if row == 0:
-                return f"{path}:{lineno}"
-            row -= 1
+    for lineno, _ in trec.run_lines(path):  # the lines read_trec_run read, comments and blanks skipped
+        if row == 0:
+            return f"{path}:{lineno}"
+        row -= 1
     return path
 
 

@@ -12,6 +12,7 @@ binary file given as TREC text, a Parquet file cut short) is an InputError namin
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -21,10 +22,6 @@ import pyarrow.dataset as ds
 from ettin_batch import storage
 from ettin_batch.errors import InputError
 from ettin_batch.run_folder import SCORES, RunFolder
-
-# read_trec_qrels and read_trec_run raise this name; it is InputError (issue 13 item 10 is changing them).
-TrecInputError = InputError
-
 
 def is_parquet(path: str, *, s3_max_attempts: int | None = None) -> bool:
     """True for a Parquet file or a folder (of Parquet files); False for a text file."""
@@ -84,26 +81,68 @@ def ids_as_strings(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Arra
     return pc.cast(col, pa.string())
 
 
-def _read_lines(path: str) -> list[str]:
+def _read_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes) of every line of a TREC text file, ended where trec_eval ends one: at a newline only.
+
+    Bytes, not text: trec_eval splits fields with C's isspace (space, tab, newline, vertical
+    tab, form feed, carriage return), and `bytes.split()` splits on exactly that set, while
+    `str.split()` also splits on Unicode spaces (no-break space, the ASCII separators 0x1c-0x1f,
+    ...) and would turn one id into two. A binary file is an InputError naming it.
+    """
     loc = storage.resolve(path)
     if not loc.fs.exists(loc.path):
         raise InputError(f"{path}: no such file")
     with loc.fs.open(loc.path, "rb") as f:
-        return _text_lines(path, f.read())
-
-
-def _text_lines(path: str, data: bytes) -> list[str]:
-    """The lines of a TREC text file's bytes; a binary or non-UTF-8 file is an InputError naming it."""
+        data = f.read()
     what = _binary_kind(data)
     if what:
         raise InputError(f"{path} is not a TREC run or qrels file (plain text, one record per line): it is {what}")
+    yield from enumerate(data.split(b"\n"), start=1)
+
+
+def run_lines(path: str) -> Iterator[tuple[int, list[bytes]]]:
+    """(line number, fields) of each line of a TREC run that trec_eval reads as a result.
+
+    trec_eval (get_trec_results.c) skips blank lines and, since version 10, comment lines:
+    lines whose first non-blank character is '#'. `read_trec_run` reads exactly these
+    lines; an error that maps a row back to its line counts them the same way.
+    """
+    for lineno, line in _read_lines(path):
+        fields = line.split()
+        if fields and fields[0][:1] != b"#":
+            yield lineno, fields
+
+
+def _qrels_lines(path: str) -> Iterator[tuple[int, list[bytes]]]:
+    """(line number, fields) of each judgment line of a TREC qrels file.
+
+    trec_eval (get_qrels.c, version 10) takes a line that starts with '#' as a comment: at
+    its very first character only, unlike in a run. It refuses blank lines; we skip them.
+    """
+    for lineno, line in _read_lines(path):
+        fields = line.split()
+        if fields and line[:1] != b"#":
+            yield lineno, fields
+
+
+def _strings(values: list[bytes], path: str, lines: Callable[[str], Iterator]) -> pa.Array:
+    """Id fields as one Arrow string array, decoded at once (UTF-8 checked by Arrow, not per field).
+
+    Invalid UTF-8 is an error naming its line, found again by reading `lines` of the file.
+    """
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise InputError(f"{path}:{line}: not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}); a TREC "
-                         "run or qrels file is plain UTF-8 text, one record per line") from None
-    return text.splitlines()
+        return pa.array(values, pa.binary()).cast(pa.string())
+    except pa.ArrowInvalid:
+        for value, (lineno, _) in zip(values, lines(path)):
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"{path}:{lineno}: not UTF-8 text: {value[:40]!r}") from None
+        raise
+
+
+def _shown(fields: list[bytes]) -> str:
+    return b" ".join(fields).decode("utf-8", "replace")
 
 
 def _binary_kind(data: bytes) -> str | None:
@@ -124,29 +163,29 @@ def read_trec_qrels(path: str) -> pa.Table:
 
     Returns query_id (string), doc_id (string), relevance (int64). A line with the
     wrong number of fields or a non-integer grade is an error naming the line.
+    Exactly 4 fields, as trec_eval requires (it refuses a fifth as a malformed line);
+    '#' comment lines are skipped (`_qrels_lines`).
     """
     qids, docs, rels = [], [], []
-    for lineno, line in enumerate(_read_lines(path), start=1):
-        fields = line.split()
-        if not fields:
-            continue
+    for lineno, fields in _qrels_lines(path):
         if len(fields) != 4:
-            raise TrecInputError(
-                f"{path}:{lineno}: a qrels line has 4 fields (query_id iteration doc_id relevance), got {len(fields)}: {line!r}"
+            raise InputError(
+                f"{path}:{lineno}: a qrels line has 4 fields (query_id iteration doc_id relevance), "
+                f"got {len(fields)}: {_shown(fields)!r}"
             )
         try:
             rel = int(fields[3])
         except ValueError:
-            raise TrecInputError(
-                f"{path}:{lineno}: relevance must be an integer grade, got {fields[3]!r}"
+            raise InputError(
+                f"{path}:{lineno}: relevance must be an integer grade, got {_shown(fields[3:])!r}"
             ) from None
         qids.append(fields[0])
         docs.append(fields[2])
         rels.append(rel)
     return pa.table(
         {
-            "query_id": pa.array(qids, pa.string()),
-            "doc_id": pa.array(docs, pa.string()),
+            "query_id": _strings(qids, path, _qrels_lines),
+            "doc_id": _strings(docs, path, _qrels_lines),
             "relevance": pa.array(rels, pa.int64()),
         }
     )
@@ -156,28 +195,30 @@ def read_trec_run(path: str) -> pa.Table:
     """Read a TREC run file (`query_id Q0 doc_id rank score tag`).
 
     Returns query_id, doc_id (strings) and score (float64); the rank field is
-    dropped, because trec_eval orders by score and ignores it.
+    dropped, because trec_eval orders by score and ignores it. Read as trec_eval reads
+    it (get_trec_results.c): at least 6 fields and anything after the tag ignored (its own
+    test run `results.trunc` has such lines); blank and '#' comment lines skipped
+    (`run_lines`). A line with fewer fields or a score that is not a number is an
+    error naming the line.
     """
     qids, docs, scores = [], [], []
-    for lineno, line in enumerate(_read_lines(path), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 6:
-            raise TrecInputError(
-                f"{path}:{lineno}: a run line has 6 fields (query_id Q0 doc_id rank score tag), got {len(fields)}: {line!r}"
+    for lineno, fields in run_lines(path):
+        if len(fields) < 6:
+            raise InputError(
+                f"{path}:{lineno}: a run line has at least 6 fields (query_id Q0 doc_id rank score tag), "
+                f"got {len(fields)}: {_shown(fields)!r}"
             )
         try:
             score = float(fields[4])
         except ValueError:
-            raise TrecInputError(f"{path}:{lineno}: score must be a number, got {fields[4]!r}") from None
+            raise InputError(f"{path}:{lineno}: score must be a number, got {_shown(fields[4:5])!r}") from None
         qids.append(fields[0])
         docs.append(fields[2])
         scores.append(score)
     return pa.table(
         {
-            "query_id": pa.array(qids, pa.string()),
-            "doc_id": pa.array(docs, pa.string()),
+            "query_id": _strings(qids, path, run_lines),
+            "doc_id": _strings(docs, path, run_lines),
             "score": pa.array(scores, pa.float64()),
         }
     )

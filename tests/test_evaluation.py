@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -13,12 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 import pytrec_eval
 
-from ettin_batch import evaluation
+from ettin_batch import evaluation, trec
 from ettin_batch.errors import ConfigError, InputError
 from ettin_batch.evaluation import DEFAULT_METRICS, EvaluationWarning, evaluate, parse_metric
 from local_s3 import local_s3
 from runs import write_rerank_run
 
+# Files from trec_eval's own test suite (source, licence and what was cut: README.md there).
+TREC_EVAL_TESTS = Path(__file__).parent / "data" / "trec_eval"
 ALL_METRICS = ["ndcg@10", "mrr@10", "recall@100", "map", "ndcg", "mrr", "map@5", "p@5", "mrr@3", "recall@5"]
 
 
@@ -239,6 +242,84 @@ def test_integer_query_ids_in_parquet_match_string_ids_in_trec_qrels(tmp_path):
     qrels_path = tmp_path / "qrels.txt"
     qrels_path.write_text("7 0 1 1\n")
     assert evaluate(run, str(qrels_path), ["mrr"])["metrics"]["mrr"] == 0.5
+
+
+# ---------------------------------------------------------------- TREC files as trec_eval reads them
+
+
+def trec_eval_expected(path: Path) -> dict[str, dict[str, str]]:
+    """trec_eval's own per-query output (`measure <TAB> query <TAB> value`) as {measure: {query: value}}.
+
+    Values stay text: a few measures (runid, relstring) are not numbers."""
+    values: dict[str, dict[str, str]] = {}
+    for line in path.read_text().splitlines():
+        measure, query, value = line.split()
+        values.setdefault(measure, {})[query] = value
+    return values
+
+
+def test_trec_evals_own_test_run_with_fields_after_the_tag_gives_trec_evals_own_numbers():
+    """results.trunc has lines like `301 Q0 FBIS3-27619 99 2.138276 STANDARD more junk at`; trec_eval reads
+    them and its test suite expects the per-query values in out.test.aqc. Ours must be the same."""
+    metrics = {"ndcg": "ndcg", "ndcg@10": "ndcg_cut_10", "map": "map", "map@100": "map_cut_100",
+               "recall@100": "recall_100", "p@5": "P_5", "p@30": "P_30", "mrr": "recip_rank"}
+    got = evaluate(str(TREC_EVAL_TESTS / "results.trunc"), str(TREC_EVAL_TESTS / "qrels.301-303.relevant"),
+                   list(metrics))
+    expected = trec_eval_expected(TREC_EVAL_TESTS / "out.test.aqc.301-303")
+    assert got["num_queries"] == 2 and got["warnings"] == []
+    for name, measure in metrics.items():
+        per_query = expected[measure]
+        assert set(per_query) == {"301", "303"}
+        # trec_eval prints 4 decimals: equal to within half a unit of the last one.
+        assert got["metrics"][name] == pytest.approx(sum(map(float, per_query.values())) / 2, abs=5e-5), name
+
+
+def test_a_run_line_is_read_up_to_its_tag_and_the_rest_ignored():
+    table = trec.read_trec_run(str(TREC_EVAL_TESTS / "results.trunc"))
+    assert table.num_rows == 584  # every line, the five with trailing words included
+    rows = {(r["query_id"], r["doc_id"]): r["score"] for r in table.to_pylist()}
+    assert rows[("301", "FBIS3-27619")] == 2.138276  # `... 2.138276 STANDARD more junk at`
+    assert rows[("303", "FT934-4015")] == 1.875063  # `... 1.875063 STANDARD expansion`
+
+
+def test_comment_lines_in_runs_and_qrels_are_skipped_where_trec_eval_skips_them(tmp_path):
+    """trec_eval 10: a run line whose first non-blank character is '#', a qrels line that starts with '#'."""
+    run = tmp_path / "run.trec"
+    run.write_text("# bm25, k1=0.9 b=0.4\nq Q0 a 1 2.0 bm25\n   # indented, still a comment in a run\nq Q0 b 2 1.0 bm25\n")
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("# judged 2024-05-01\nq 0 b 1\nq 0 a 0\n")
+    assert trec.read_trec_run(str(run)).to_pydict() == {"query_id": ["q", "q"], "doc_id": ["a", "b"], "score": [2.0, 1.0]}
+    assert evaluate(str(run), str(qrels), ["mrr"])["metrics"]["mrr"] == 0.5
+
+
+def test_fields_are_split_on_ascii_whitespace_only_as_trec_eval_splits_them(tmp_path):
+    """C's isspace, which trec_eval splits on, does not know Unicode spaces: an id may hold one."""
+    run = tmp_path / "run.trec"
+    run.write_bytes("q Q0 doc\u00a0one 1 2.5 tag\r\nq\tQ0\x0bdoc-2\x0c2 1.5 tag\r\n".encode())
+    table = trec.read_trec_run(str(run))
+    assert table["doc_id"].to_pylist() == ["doc\u00a0one", "doc-2"]
+    assert table["score"].to_pylist() == [2.5, 1.5]
+
+
+def test_a_run_line_with_fewer_than_six_fields_is_an_error_naming_the_line(tmp_path):
+    run = tmp_path / "run.trec"
+    run.write_text("# header\nq Q0 a 1 2.0 tag\nq Q0 b 2 1.0\n")
+    with pytest.raises(InputError, match=r"run.trec:3: a run line has at least 6 fields .* got 5"):
+        trec.read_trec_run(str(run))
+
+
+def test_a_line_that_is_not_utf8_is_an_error_naming_it(tmp_path):
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_bytes(b"q 0 a 1\nq 0 caf\xe9 1\n")  # Latin-1, not UTF-8
+    with pytest.raises(InputError, match=r"qrels.txt:2: not UTF-8 text"):
+        trec.read_trec_qrels(str(qrels))
+
+
+def test_a_qrels_line_with_a_fifth_field_is_an_error_as_in_trec_eval(tmp_path):
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("q 0 a 1\nq 0 b 1 extra\n")  # trec_eval: "Malformed line"
+    with pytest.raises(InputError, match=r"qrels.txt:2: a qrels line has 4 fields .* got 5"):
+        trec.read_trec_qrels(str(qrels))
 
 
 def test_reads_any_fsspec_filesystem():

@@ -234,6 +234,19 @@ def test_a_parquet_run_gives_the_same_candidates_as_the_trec_run(tmp_path):
     assert a.equals(b)
 
 
+def test_a_run_with_fields_after_the_tag_and_comment_lines_gives_the_same_candidates(tmp_path):
+    """What trec_eval reads (its own test run has words after the tag; version 10 skips '#' lines)."""
+    _write_beir(tmp_path / "ds")
+    run = tmp_path / "ds" / "run.trec"
+    plain = _lines(run)
+    (tmp_path / "decorated.trec").write_text("\n".join(
+        ["# bm25 k1=0.9 b=0.4", *[f"{line}\treserved for future expansion" for line in plain]]) + "\n")
+    a = _build(tmp_path / "ds", tmp_path / "a")
+    b = _build(tmp_path / "ds", tmp_path / "b", run=str(tmp_path / "decorated.trec"))
+    assert a == b
+    assert pq.read_table(tmp_path / "a" / "candidates").equals(pq.read_table(tmp_path / "b" / "candidates"))
+
+
 def test_unjudged_run_queries_are_dropped_with_a_counted_warning(tmp_path):
     _write_beir(tmp_path / "ds")
     with pytest.warns(BeirWarning, match="1 of 5 run queries have no judgments"):
@@ -318,7 +331,16 @@ def test_a_malformed_run_line_is_an_error_naming_it(tmp_path):
     lines = _lines(run)
     lines[3] = "q1 Q0 doc-1 4 bm25"
     _rewrite(run, lines)
-    with pytest.raises(InputError, match=r"run.trec:4: a run line has 6 fields"):
+    with pytest.raises(InputError, match=r"run.trec:4: a run line has at least 6 fields"):
+        _build(tmp_path / "ds", tmp_path / "out")
+
+
+def test_a_line_named_in_an_error_counts_the_comment_lines_before_it(tmp_path):
+    _write_beir(tmp_path / "ds")
+    run = tmp_path / "ds" / "run.trec"
+    lines = _lines(run)
+    _rewrite(run, ["# a first-stage run", lines[0], "", "  # another comment", lines[0]] + lines[1:])
+    with pytest.raises(InputError, match=r"run.trec:5: query 'q1' lists document .* again"):
         _build(tmp_path / "ds", tmp_path / "out")
 
 
