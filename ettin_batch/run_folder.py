@@ -93,22 +93,29 @@ class RunFolder:
         if self.loc.fs.isfile(self.path()):
             raise OutputError(f"--output {self.url()} is a file; give a folder (it is created if missing)")
         record, manifest = self.read_json(RECORD), self.manifest()
-        there = _kind_of(manifest, record) if record or manifest else None
+        there = _kind_of(manifest, record) if record or manifest else self._legacy_kind()
         if there is None:
             self._plan = {"replace": None, "done": set()}
             self._refuse_foreign(overwrite)
+        elif there != self.kind:  # never replaced, --overwrite or not: it is another command's work
+            raise OutputError(f"{self.url()} holds {'a finished' if manifest else 'an unfinished'} `{there}` run, not "
+                              f"a `{self.kind}` one. Choose another --output (remove that folder yourself if it is "
+                              "no longer needed).")
         elif manifest is not None and not overwrite:
             raise OutputError(f"{self.url(SUCCESS)} exists: a finished `{there}` run. Pass --overwrite to replace it "
                               "(it is removed once this run's inputs and model check out), or choose another --output.")
-        elif there != self.kind and not overwrite:
-            raise OutputError(f"{self.url()} holds an unfinished `{there}` run, not a `{self.kind}` one. Choose "
-                              f"another --output, or pass --overwrite to replace it.")
-        elif manifest is None and there == self.kind and fingerprint and record.get("fingerprint") == fingerprint:
+        elif manifest is None and fingerprint and (record or {}).get("fingerprint") == fingerprint:
             self._plan = {"replace": None, "done": self._done_groups()}
         else:
             self._plan = {"replace": (there, (record or {}).get("entries") or LAYOUT[there]), "done": set()}
             self._check_owned(self._plan["replace"][1])
         self._plan["fingerprint"] = fingerprint
+
+    def _legacy_kind(self) -> str | None:
+        """A beir folder written before runs recorded themselves: its rerank/ is a run of its own."""
+        if self.kind == "beir" and any(self.loc.fs.exists(self.loc.join(RERANK, m)) for m in (RECORD, SUCCESS)):
+            return "beir"
+        return None
 
     def _refuse_overlap(self, inputs: list[str]) -> None:
         out = self.loc.path.rstrip("/")
@@ -186,17 +193,21 @@ class RunFolder:
 
     @classmethod
     def containing(cls, url: str, *, s3_max_attempts: int | None = None) -> tuple[RunFolder | None, str | None]:
-        """The run `url` is (a run folder) or lies in (its scores/, topk/ or data/), and which entry;
-        (None, None) for Parquet that belongs to no run."""
+        """The run `url` is or lies in (a run folder, its scores/, topk/ or data/, or anything below them),
+        and which of its entries (None for the run folder itself); (None, None) for data no run wrote."""
         loc = storage.resolve(url, s3_max_attempts=s3_max_attempts)
-        for path, entry in ((loc.path, None), (posixpath.dirname(loc.path.rstrip("/")), posixpath.basename(loc.path.rstrip("/")))):
-            if entry not in (None, SCORES, TOPK, DATA):
-                continue
+        path, below = loc.path.rstrip("/"), []
+        for _ in range(4):  # a run folder, its entry, a resume group, a file
             here = storage.Location(loc.fs, loc.pa_fs, path, loc.scheme)
             if loc.fs.exists(here.join(RECORD)) or loc.fs.exists(here.join(SUCCESS)):
                 folder = cls(here, "")
                 folder.kind = _kind_of(folder.manifest(), folder.read_json(RECORD))
-                return folder, entry
+                return folder, (below[-1] if below else None)
+            parent = posixpath.dirname(path)
+            if parent == path:
+                break
+            below.append(posixpath.basename(path))
+            path = parent
         return None, None
 
     def require_finished(self, flag: str, allow_unfinished: bool = False) -> dict | None:

@@ -102,7 +102,7 @@ def test_bfloat16_error_no_larger_than_crossencoder_bfloat16(models_dir):
 @pytest.fixture(scope="module")
 def trained_model(models_dir):
     path = build_ettin(models_dir / "ettin-trained", layers=4)
-    return train_relevance(path, seconds=40)
+    return train_relevance(path)
 
 
 def test_trained_fixture_ranks_relevant_documents_first(trained_model):

@@ -62,7 +62,7 @@ def job_config(cls: type[JobConfig], args: argparse.Namespace, **fixed) -> JobCo
     columns = {role: getattr(args, f"columns.{role}", None) for role in COLUMN_FLAGS}
     if any(columns.values()):
         changes["columns"] = dataclasses.replace(config.columns, **{r: n for r, n in columns.items() if n})
-    config = config.replace(**changes, **fixed)
+    config = config.replace(**{**changes, **fixed})
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     return config.replace(output=config.output.replace("{date}", today)).validate()
 

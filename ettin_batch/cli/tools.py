@@ -11,6 +11,11 @@ from ettin_batch.evaluation import DEFAULT_METRICS
 from ettin_batch.run_folder import HISTOGRAM, LABELS_PARQUET, QRELS_TXT
 
 
+def _add_s3_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--s3-max-attempts", type=int,
+                   help="attempts per object-store call, with backoff (default $ETTIN_BATCH_S3_MAX_ATTEMPTS, else 12)")
+
+
 def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="scores/ or topk/ folder, job output folder, Parquet file or TREC run file")
     p.add_argument("--qrels", required=True, help="TREC qrels file, or Parquet with query_id, doc_id, relevance")
@@ -20,6 +25,7 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-unfinished", action="store_true",
                    help="evaluate a run that has no _SUCCESS.json (it holds part of its pairs at most)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_s3_flag(p)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -29,7 +35,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", EvaluationWarning)  # printed once below, from the result
         result = evaluate(args.run, args.qrels, metrics=[m for m in args.metrics.split(",") if m.strip()],
                           baseline_col=args.baseline_col, score_col=args.score_col,
-                          allow_unfinished=args.allow_unfinished)
+                          allow_unfinished=args.allow_unfinished, s3_max_attempts=args.s3_max_attempts)
     for note in result["warnings"]:
         print(f"warning: {note}", file=sys.stderr)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
@@ -48,6 +54,7 @@ def _add_labels_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a finished labels run in --output")
     p.add_argument("--allow-unfinished", action="store_true",
                    help="label a run that has no _SUCCESS.json (it holds part of its pairs at most)")
+    _add_s3_flag(p)
 
 
 def _run_labels(args: argparse.Namespace) -> int:
@@ -55,7 +62,7 @@ def _run_labels(args: argparse.Namespace) -> int:
 
     summary = backfill_labels(args.scores, args.output, thresholds=args.thresholds, top_n_relevant=args.top_n_relevant,
                               score_col=args.score_col, address=args.address, overwrite=args.overwrite,
-                              allow_unfinished=args.allow_unfinished)
+                              allow_unfinished=args.allow_unfinished, s3_max_attempts=args.s3_max_attempts)
     grades = ", ".join(f"{g}: {n}" for g, n in summary["grade_counts"].items())
     print(f"{summary['rows']} pairs labelled; pairs per grade: {grades}")
     for path in summary["files"].values():

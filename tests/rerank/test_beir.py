@@ -415,7 +415,7 @@ def test_an_output_holding_another_commands_run_is_refused_and_left_as_it_was(tm
     (tmp_path / "out" / "qrels.txt").write_text("q1 0 doc-1 1\n")
     labels.finish({"mode": "thresholds"})
     before = _files(tmp_path / "out")
-    with pytest.raises(OutputError, match=r"out/_SUCCESS.json exists: a finished `labels` run"):
+    with pytest.raises(OutputError, match=r"out holds a finished `labels` run, not a `beir` one"):
         beir_rerank(_config(tmp_path / "ds", tmp_path / "out"))
     assert _files(tmp_path / "out") == before
 

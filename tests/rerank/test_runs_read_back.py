@@ -48,8 +48,9 @@ def test_labels_refuses_a_rerank_runs_folder_as_output_and_leaves_it_as_it_was(r
     before = _files(reranked / "out")
     (tmp_path / "scores").mkdir()
     pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["a"], "score": [1.0]}), tmp_path / "scores" / "part-0.parquet")
-    with pytest.raises(OutputError, match=r"out/_SUCCESS.json exists: a finished `rerank` run"):
-        backfill_labels(str(tmp_path / "scores"), str(reranked / "out"), thresholds="0")
+    for overwrite in (False, True):  # another command's run is never replaced, --overwrite or not
+        with pytest.raises(OutputError, match=r"out holds a finished `rerank` run, not a `labels` one"):
+            backfill_labels(str(tmp_path / "scores"), str(reranked / "out"), thresholds="0", overwrite=overwrite)
     with pytest.raises(OutputError, match=r"out holds the input .*out/scores"):
         backfill_labels(str(reranked / "out"), str(reranked / "out"), thresholds="0")
     assert _files(reranked / "out") == before
