@@ -9,6 +9,7 @@ so Ray workers on other nodes reach the same store.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ _GLOB_CHARS = set("*?[")
 # the attempts (1 = no retry); past the last one the call fails, and so does the run (no _SUCCESS.json).
 S3_MAX_ATTEMPTS_ENV = "ETTIN_BATCH_S3_MAX_ATTEMPTS"
 DEFAULT_S3_MAX_ATTEMPTS = 12
+
+log = logging.getLogger("ettin_batch")
 
 
 def setting(configured: int | None, env: str, default: int, unit: str) -> int:
@@ -73,11 +76,64 @@ def _scheme(uri: str) -> str:
     return parsed.scheme if len(parsed.scheme) > 1 else "file"
 
 
+def _endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+class _RetryNotice(logging.Handler):
+    """Says, once a command, that object-store calls are being retried: a store that is down would
+    otherwise look like a hang of a minute or two per call (botocore logs its retries at DEBUG only)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.told, self.attempts = False, DEFAULT_S3_MAX_ATTEMPTS
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.told and record.getMessage().startswith("Retry needed, retrying"):
+            self.told = True
+            attempts = self.attempts
+            log.warning("waiting for the object store at %s: a request failed and is being retried with backoff "
+                        "(up to %d attempts a call, about %d s of waiting at most; --s3-max-attempts changes it)",
+                        _endpoint() or "AWS S3", attempts, sum(min(2 ** (n - 1), 20) for n in range(1, attempts)))
+
+
+def _notice_retries(attempts: int) -> None:
+    retries = logging.getLogger("botocore.retries.standard")
+    notice = next((h for h in retries.handlers if isinstance(h, _RetryNotice)), None)
+    if notice is None:
+        notice = _RetryNotice()
+        retries.addHandler(notice)
+        retries.setLevel(logging.DEBUG)
+        retries.propagate = False  # its DEBUG lines would reach the console through the root logger
+    notice.attempts = attempts
+
+
+def object_store_error(error: BaseException) -> InputError | None:
+    """What to tell a user whose object store cannot be used at all (no credentials, unreachable,
+    access denied), as an InputError; None for any other error."""
+    try:
+        import botocore.exceptions as bx
+    except ImportError:
+        return None
+    where = _endpoint() or "AWS S3"
+    if isinstance(error, bx.NoCredentialsError):
+        return InputError(f"no credentials for the object store ({where}): set AWS_ACCESS_KEY_ID and "
+                          "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or run where an instance role provides them")
+    if isinstance(error, (bx.EndpointConnectionError, bx.ConnectTimeoutError)):
+        return InputError(f"cannot reach the object store at {where} ({error}); check AWS_ENDPOINT_URL and the "
+                          "network, then run the same command again")
+    if isinstance(error, PermissionError):
+        return InputError(f"the object store ({where}) refused access: {error}. Check that these credentials may "
+                          "read the inputs and write the output")
+    return None
+
+
 def _s3_filesystem(max_attempts: int | None) -> fsspec.AbstractFileSystem:
     import s3fs
 
+    _notice_retries(s3_max_attempts(max_attempts))
     # Pass the endpoint explicitly: it then travels with the pickled filesystem to every worker.
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = _endpoint()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     client_kwargs = {"region_name": region} if region else {}
     # The retry policy travels with the pickled filesystem too, so Ray workers retry as the driver does.

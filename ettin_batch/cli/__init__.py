@@ -15,7 +15,7 @@ import argparse
 import logging
 import sys
 
-from ettin_batch import __version__
+from ettin_batch import __version__, storage
 from ettin_batch.cli import jobs, tools
 from ettin_batch.errors import EttinError
 
@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:  # an object store that cannot be used at all: the same mapping, not a traceback
+        error = storage.object_store_error(e)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 if __name__ == "__main__":

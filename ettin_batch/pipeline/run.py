@@ -208,18 +208,22 @@ class Run:
 
 
 def stage_error(error: BaseException, folder: RunFolder, config: JobConfig) -> EttinError:
-    """The error a failed session reports: the stage's own EttinError (a model that fails to load in an
-    actor keeps exit 3), else RunFailed naming the root cause and what to do."""
-    root = _root_cause(error)
-    if isinstance(root, EttinError):
-        return type(root)(str(root))
+    """The error a failed session reports: a stage's own EttinError keeps its type (a model that fails to
+    load in an actor keeps exit 3); else RunFailed naming the cause a stage raised and what to do."""
+    chain = _chain(error)
+    for e in chain:
+        if isinstance(e, EttinError):
+            return type(e)(str(e))
+    root = chain[-1]
     text = str(root).strip().splitlines()[-1] if str(root).strip() else ""
-    cause = f"{type(root).__name__}: {text}"
-    if type(root).__name__ in ("UserCodeException", "RayTaskError", "ActorDiedError", "RayActorError"):
-        cause = _user_error(error) or cause  # the useful part is the stage's own exception
-        for kind in (ModelLoadError, ConfigError, InputError):  # raised in a worker, known only as text
-            if cause.startswith(f"{kind.__name__}: ") or f".{kind.__name__}: " in cause:
-                return kind(cause.split(": ", 1)[1])
+    # Ray Data keeps a stage's own exception only as traceback text in its wrappers' messages.
+    cause = next((found for found in map(_user_error, chain) if found), None) or f"{type(root).__name__}: {text}"
+    for kind in (ModelLoadError, ConfigError, InputError):  # raised in a worker, known only as text
+        if cause.startswith(f"{kind.__name__}: ") or f".{kind.__name__}: " in cause:
+            return kind(cause.split(": ", 1)[1])
+    if any("error raised in its creation task" in str(e) for e in chain):
+        return ModelLoadError(f"the scoring actors could not start: {cause}. Check the model folder and the "
+                              "device (--model, --attention, --dtype)")
     message = (f"the run did not finish: {cause}. {SUCCESS} was not written, "
                f"so {folder.url()} holds an incomplete run; once the cause is fixed, the same command resumes it.")
     transient = isinstance(root, OSError) and not isinstance(root, (FileNotFoundError, PermissionError))
@@ -230,20 +234,20 @@ def stage_error(error: BaseException, folder: RunFolder, config: JobConfig) -> E
     return RunFailed(message)
 
 
-def _root_cause(error: BaseException) -> BaseException:
-    # Ray wraps a task's exception (RayTaskError.cause); chained exceptions keep theirs in __cause__.
-    seen = set()
-    while id(error) not in seen:
-        seen.add(id(error))
-        inner = getattr(error, "cause", None) or error.__cause__
-        if not isinstance(inner, BaseException):
+def _chain(error: BaseException) -> list[BaseException]:
+    """`error` and the exceptions behind it: Ray's wrappers keep a task's in `cause`, Python in __cause__."""
+    chain = [error]
+    while len(chain) < 20:
+        inner = getattr(chain[-1], "cause", None) or chain[-1].__cause__
+        if not isinstance(inner, BaseException) or inner in chain:
             break
-        error = inner
-    return error
+        chain.append(inner)
+    return chain
 
 
 def _user_error(error: BaseException) -> str | None:
-    """`Type: message` of the exception a stage raised, which Ray Data keeps only as traceback text."""
-    found = re.findall(r"^(\w[\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$", str(error), re.MULTILINE)
-    found = [f"{name}: {text}" for name, text in found if not name.endswith(("UserCodeException", "RayTaskError"))]
+    """The last `Type: message` line in an exception's text, skipping Ray's own wrappers."""
+    found = re.findall(r"^\s*(\w[\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$", str(error), re.MULTILINE)
+    found = [f"{name.rsplit('.', 1)[-1]}: {text}" for name, text in found
+             if not name.endswith(("UserCodeException", "RayTaskError", "SystemException"))]
     return found[-1] if found else None
