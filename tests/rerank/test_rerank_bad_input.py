@@ -269,3 +269,10 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
     assert job.returncode == 130, err[-2000:]
     assert "interrupted: run the same command to resume" in err and "Traceback" not in err.split("interrupted")[-1]
     assert not (tmp_path / "out" / "_SUCCESS.json").exists()
+
+
+def test_quickstart_with_a_mistyped_model_fails_instead_of_falling_back_to_random_weights(tmp_path):
+    done = subprocess.run(["make", "--no-print-directory", "quickstart", f"MODEL={tmp_path}/no-such-model",
+                           f"SAMPLE={tmp_path}/sample"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "does not exist" in done.stderr, done.stderr[-2000:]
+    assert "RANDOM weights" not in done.stdout and not (tmp_path / "sample" / "reranked" / "_SUCCESS.json").exists()

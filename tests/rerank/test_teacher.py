@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -119,6 +120,28 @@ def test_datasets_load_dataset_reads_it_straight_from_s3(run, s3_endpoint, tmp_p
                                    "key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_endpoint}})
     assert ds.num_rows == run["valid"].num_rows
     assert sorted(ds["label"]) == pytest.approx(sorted(run["data"]["label"].to_pylist()))
+
+
+def test_a_student_trains_on_it_with_the_real_trainer_as_the_readme_says(run, tmp_path):
+    # The README's recipe, line for line but for the model and the steps: CrossEncoderTrainer with MSELoss.
+    import datasets
+    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import MSELoss
+
+    from builders import build_ettin
+
+    loaded = datasets.load_dataset("parquet", data_files=[str(p) for p in run["files"]], split="train",
+                                   cache_dir=str(tmp_path / "cache"))
+    train = loaded.select_columns(["query", "document", "label"])
+    student = CrossEncoder(str(build_ettin(tmp_path / "student", seed=1)), num_labels=1, device="cpu")  # not the teacher
+    args = CrossEncoderTrainingArguments(output_dir=str(tmp_path / "student"), max_steps=3, per_device_train_batch_size=4,
+                                         report_to=[], use_cpu=True, save_strategy="no")
+    before = [p.detach().clone() for p in student.parameters()]
+    result = CrossEncoderTrainer(model=student, args=args, train_dataset=train, loss=MSELoss(student)).train()
+    assert result.global_step == 3 and result.training_loss > 0
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, student.parameters()))  # it learnt something
+    with pytest.raises(ValueError, match="MSELoss expects a dataset with two non-label columns"):
+        CrossEncoderTrainer(model=student, args=args, train_dataset=loaded, loss=MSELoss(student)).train()
 
 
 def test_success_json_names_the_teacher_model_and_revision_and_counts_add_up(run):
