@@ -11,6 +11,8 @@ hook imitates a fault that a real run meets and must survive:
     pause_seconds      stops there for `pause_seconds`; only if the marker does not exist yet, so
                        it happens once per marker. A test waits for the marker and kills the
                        process: a kill at a known point, mid-batch, with batches still queued.
+    crash_on_token     a forward pass over a batch holding this token id ends the process at once
+                       (os._exit), as a segfault in a kernel would: every retry of that batch does too.
 
 Set them on an engine with `reranker.faults = FaultHooks(...)`. In a Ray job the scoring
 actors take them from the driver's Ray Data context (see ettin_batch.pipeline.score.FAULTS_KEY),
@@ -36,10 +38,13 @@ class FaultHooks:
     pause_after_pairs: int | None = None
     pause_marker: str | None = None
     pause_seconds: float = 300.0
+    crash_on_token: int | None = None
 
     def before_forward(self, pairs_scored: int, batch: TokenizedPairs) -> None:
         """Called at the start of each forward pass; `pairs_scored` counts the engine's finished pairs."""
         tokens = int(batch.offsets[-1])
+        if self.crash_on_token is not None and (batch.input_ids == self.crash_on_token).any():
+            os._exit(70)
         if self.oom_above_tokens is not None and tokens > self.oom_above_tokens:
             raise torch.OutOfMemoryError(f"fault injection: a forward pass over {tokens} tokens "
                                          f"(more than oom_above_tokens={self.oom_above_tokens})")

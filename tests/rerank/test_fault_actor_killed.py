@@ -16,6 +16,7 @@ import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from ettin_batch.config import RerankConfig
 from ettin_batch.engine.faults import FaultHooks
@@ -84,3 +85,21 @@ def test_killing_a_scoring_actor_mid_batch_loses_and_duplicates_nothing(tmp_path
     assert outcome["result"].counts["scored"] == 1200
     # The batch cut off mid-forward was scored again by the restarted actor.
     assert manifest["model_pairs"] >= 1200
+
+
+def test_a_batch_that_kills_its_actor_every_time_fails_the_job_instead_of_looping(tmp_path, ray_session):
+    from ettin_batch.engine import PairTokenizer, resolve_model
+    from ettin_batch.errors import RunFailed
+
+    shards = make_shards(files=1, pairs_per_file=40)
+    poison = "zyzzyva"  # its first token appears in no other pair
+    token = int(PairTokenizer.from_pretrained(resolve_model(TINY).path, 64)([poison], [""]).input_ids[1])
+    docs = shards[0]["document"].to_pylist()
+    docs[7] = f"{poison} {docs[7]}"
+    shards[0] = shards[0].set_column(shards[0].column_names.index("document"), "document", pa.array(docs))
+    write_local(shards, tmp_path / "in")
+    config = RerankConfig.of(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=TINY, batch_size=10,
+                             progress=False)
+    with injected(FaultHooks(crash_on_token=token)), pytest.raises(RunFailed, match="killed its scoring actor 4 times"):
+        rerank(config)
+    assert not (tmp_path / "out" / "_SUCCESS.json").exists()
