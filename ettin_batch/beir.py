@@ -499,7 +499,7 @@ def _evaluate(config: BeirConfig, folder: RunFolder, result, counts: dict) -> di
         "model": {k: model.get(k) for k in ("model_id", "revision", "is_random", "dtype")},
         "max_length": config.rerank.scoring.max_length,
         "candidates": {k: v for k, v in counts.items() if k != "warnings"},
-        "scores": f"{result.output.rstrip('/')}/{SCORES}",
+        SCORES: f"{result.output.rstrip('/')}/{SCORES}",
     }
     storage.write_json(folder.loc, folder.path(EVAL), report)
     return report

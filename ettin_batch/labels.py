@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from ettin_batch import __version__, ranking, storage, trec
 from ettin_batch.errors import ConfigError, InputError
 from ettin_batch.pipeline.top_n_labels import NEEDS_UNIQUE_PAIRS
-from ettin_batch.run_folder import HISTOGRAM, LABELS_PARQUET, QRELS_TXT, RunFolder
+from ettin_batch.run_folder import HISTOGRAM, LABELS_PARQUET, QRELS_TXT, SCORES, RunFolder
 
 HISTOGRAM_BINS = 100
 
@@ -126,7 +126,7 @@ def backfill_labels(
         else:
             summary = _label_top_n_on_ray(dataset, rows, source, score_col, int(top_n_relevant), fs, paths, address,
                                           s3_max_attempts)
-    folder.finish({"scores": scores_path, "mode": "thresholds" if cuts is not None else "top_n_relevant",
+    folder.finish({SCORES: scores_path, "mode": "thresholds" if cuts is not None else "top_n_relevant",
                    "thresholds": cuts, "top_n_relevant": top_n_relevant, **summary,
                    # as the user spelled them, s3:// included
                    "files": {name: f"{output.rstrip('/')}/{name}" for name in paths}, "version": __version__})

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ettin_batch.errors import ConfigError, ModelLoadError
 
-from .random_models import RANDOM_PREFIX, random_model_path
+from .random_models import RANDOM_PREFIX, SCORES_KEY, random_model_path  # noqa: F401 - SCORES_KEY for the engine
 
 log = logging.getLogger("ettin_batch")
 

@@ -21,6 +21,8 @@ from pathlib import Path
 RANDOM_PREFIX = "random:"
 CACHE_ENV = "ETTIN_BATCH_CACHE"
 _FORMAT_VERSION = "2"  # bump when the folder layout below changes
+# The feature name under which a sentence-transformers CrossEncoder's modules hand on its logits.
+SCORES_KEY = "scores"
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def save_ettin_model(folder: str | os.PathLike, shape: EttinShape, *, seed: int 
         Pooling(h, pooling),
         Dense(h, h, bias=False, activation_function=torch.nn.GELU()),
         LayerNorm(h),
-        Dense(h, 1, activation_function=torch.nn.Identity(), module_output_name="scores"),
+        Dense(h, 1, activation_function=torch.nn.Identity(), module_output_name=SCORES_KEY),
     ]
     CrossEncoder(modules=modules, activation_fn=torch.nn.Identity()).save(str(folder))
     for f in base.iterdir():

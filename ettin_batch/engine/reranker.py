@@ -21,7 +21,7 @@ from ettin_batch.config import ScoringConfig, dtype_name
 
 from .attention import choose_backend, get_backend
 from .faults import FaultHooks
-from .loading import ModelLoadError, ResolvedModel, load_cross_encoder, plan_model, resolve_model
+from .loading import SCORES_KEY, ModelLoadError, ResolvedModel, load_cross_encoder, plan_model, resolve_model
 from .modernbert import UnpaddedModernBert
 from .packing import PackedBatch, pack_batches
 from .tokenize import PairTokenizer, TokenizedPairs
@@ -184,7 +184,7 @@ class Reranker:
         features = {"sentence_embedding": self._encoder(packed)}
         for module in self._head:
             features = module(features)
-        return features["scores"].reshape(-1)
+        return features[SCORES_KEY].reshape(-1)
 
     def _forward_padded(self, batch_pairs: TokenizedPairs) -> torch.Tensor:
         lengths = batch_pairs.lengths
@@ -202,4 +202,4 @@ class Reranker:
             features["token_type_ids"] = torch.from_numpy(types.astype(np.int64)).to(self.device)
         for module in self._ce.children():
             features = module(features)
-        return features["scores"].reshape(-1)
+        return features[SCORES_KEY].reshape(-1)

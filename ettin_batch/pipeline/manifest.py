@@ -136,7 +136,8 @@ class RunResult:
             f"  {'teacher' if m['kind'] == 'teacher' else 'model'} {model['model_id']}"
             + (f" revision {model.get('revision')}" if m["kind"] == "teacher" else "")
             + f" ({model.get('dtype')}, {model.get('device')})"
-            + (f"  RANDOM WEIGHTS: {'labels' if m['kind'] == 'teacher' else 'scores'} are meaningless" if random else ""),
+            + (("  RANDOM WEIGHTS: labels are meaningless" if m["kind"] == "teacher"
+                else "  RANDOM WEIGHTS: scores are meaningless") if random else ""),
             f"  output {self.output}  ({', '.join(self._written())})",
         ]
         return "\n".join(lines + [f"  warning: {w}" for w in warnings_of(m)])

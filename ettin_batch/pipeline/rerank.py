@@ -119,7 +119,7 @@ def rerank(config: RerankConfig) -> RunResult:
             log.warning("%d scored row(s) repeat the (query_id, doc_id) of another row, e.g. %r: each row was "
                         "scored and is in scores/; topk/ ranks each document once, with its higher score. "
                         "`ettin-batch eval` refuses duplicate pairs: remove them from the input.", repeated, example)
-        run.phases.mark("topk")
+        run.phases.mark(TOPK)  # the phase that writes topk/
     loc = run.folder.loc
     return run.finish(
         SCORES, top_k=config.top_k, repeated_pairs=repeated,
