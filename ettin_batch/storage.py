@@ -81,8 +81,8 @@ def _endpoint() -> str | None:
 
 
 class _RetryNotice(logging.Handler):
-    """Says, once a command, that object-store calls are being retried: a store that is down would
-    otherwise look like a hang of a minute or two per call (botocore logs its retries at DEBUG only)."""
+    """Says, once for each filesystem resolved, that object-store calls are being retried: a store that is
+    down would otherwise look like a hang of a minute or two per call (botocore logs its retries at DEBUG only)."""
 
     def __init__(self):
         super().__init__(logging.DEBUG)
@@ -105,7 +105,7 @@ def _notice_retries(attempts: int) -> None:
         retries.addHandler(notice)
         retries.setLevel(logging.DEBUG)
         retries.propagate = False  # its DEBUG lines would reach the console through the root logger
-    notice.attempts = attempts
+    notice.told, notice.attempts = False, attempts
 
 
 def object_store_error(error: BaseException) -> InputError | None:

@@ -117,6 +117,7 @@ class Run:
     @contextlib.contextmanager
     def session(self):
         """Ray up, resources planned, the output folder begun; yields the resume groups already done."""
+        import ray
         from ray.data import DataContext
 
         from ettin_batch.pipeline.score import RunStats
@@ -133,17 +134,11 @@ class Run:
             done = self.folder.begin()
             try:
                 yield done
-                self.totals = self._get(self.stats.totals.remote())
+                self.totals = ray.get(self.stats.totals.remote())
             except (EttinError, KeyboardInterrupt):
                 raise
             except Exception as e:  # noqa: BLE001 - one clear message; the original stays chained
                 raise stage_error(e, self.folder, self.config) from e
-
-    @staticmethod
-    def _get(ref):
-        import ray
-
-        return ray.get(ref)
 
     # --- the stages every job shares, each built from the run's config ----------------------------
 
