@@ -15,7 +15,7 @@ import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
 from ettin_batch.engine import olmo_assets
-from ettin_batch.engine.fast_pairs import PRE_TOKEN, disputed_code_points
+from ettin_batch.engine.fast_pairs import PRE_TOKEN, PRE_TOKEN_ASCII, disputed_code_points
 from ettin_batch.engine.random_models import synthetic_corpus, train_tokenizer
 from ettin_batch.engine.tokenize import PairTokenizer
 
@@ -86,6 +86,17 @@ def test_every_code_point_outside_the_disputed_set_splits_as_the_library_does():
             continue
         ours, theirs = cuts("".join(f"x{chr(c)}7{chr(c)}{chr(c)} {chr(c)};" for c in block))
         assert ours == theirs, f"code points from {block[0]:#x}"
+
+
+def test_the_ascii_pattern_cuts_ascii_text_as_the_library_does():
+    """PRE_TOKEN_ASCII (the standard `re`, for ASCII text) on every ASCII character and every pair of them."""
+    library = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    ascii_ = [chr(c) for c in range(1, 128)]
+    probes = [f"x{a}{b}7{a}{b}{b} {a}{b};" for a in ascii_ for b in ascii_]
+    text = "".join(probes)
+    ours = [m.span() for m in PRE_TOKEN_ASCII.finditer(text)]
+    assert ours == [span for _, span in library.pre_tokenize_str(text)]
+    assert ours == [m.span() for m in PRE_TOKEN.finditer(text)]
 
 
 def test_pairs_with_a_disputed_character_get_the_librarys_ids(real_tokenizer):
