@@ -47,7 +47,8 @@ def assert_same_as_library(tokenizer: PairTokenizer, hf_tokenizer, queries, docu
     pairs = tokenizer(queries, documents)
     got = np.split(pairs.input_ids, pairs.offsets[1:-1])
     wrong = [i for i in range(len(ids)) if got[i].tolist() != ids[i]]
-    assert not wrong, f"{len(wrong)} pairs differ, first at {wrong[0]}: {queries[wrong[0]]!r} / {documents[wrong[0]][:200]!r}"
+    first = wrong[0] if wrong else None
+    assert not wrong, f"{len(wrong)} pairs differ, first at {first}: {queries[first]!r} / {documents[first][:200]!r}"
     assert pairs.truncated.tolist() == truncated
     return pairs
 
@@ -133,7 +134,8 @@ def test_added_tokens_whitespace_and_unicode_edges_match_the_library(real_tokeni
 
 def test_a_mask_token_that_strips_the_space_before_it_matches_the_library():
     spec = olmo_assets.modernbert_tokenizer_json().replace(
-        '"content": "[MASK]", "single_word": false, "lstrip": false', '"content": "[MASK]", "single_word": false, "lstrip": true')
+        '"content": "[MASK]", "single_word": false, "lstrip": false',
+        '"content": "[MASK]", "single_word": false, "lstrip": true')
     from transformers import PreTrainedTokenizerFast
 
     hf = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(spec), mask_token="[MASK]", cls_token="[CLS]",
@@ -166,9 +168,11 @@ def _wordpiece_tokenizer():
         vocab_size=500, special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]"], show_progress=False))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-                                   pad_token="[PAD]", model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+                                   pad_token="[PAD]",
+                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
 
 
 def _unigram_tokenizer():
@@ -179,7 +183,8 @@ def _unigram_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.train_from_iterator(synthetic_corpus(500), trainers.UnigramTrainer(
         vocab_size=300, special_tokens=["<s>", "</s>", "<pad>", "<unk>"], unk_token="<unk>", show_progress=False))
-    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    tok.post_processor = processors.RobertaProcessing(("</s>", eos), ("<s>", bos))
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
                                    cls_token="<s>", pad_token="<pad>", unk_token="<unk>")
 

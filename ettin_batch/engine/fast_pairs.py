@@ -329,16 +329,16 @@ class FastPairs:
         return pieces
 
     def _normalized_pieces(self, text: str, pieces: list) -> None:
-        ascii_ = text.isascii()
-        if self._normalize is not None and not ascii_:
+        if self._normalize is not None and not text.isascii():
             text = self._normalize(text)
         if not any(w in text for w in self._norm_witnesses):
-            pieces.extend(map(self._words.__getitem__, (PRE_TOKEN_ASCII if ascii_ else PRE_TOKEN).findall(text)))
+            self._word_pieces(text, pieces)
         else:
             self._split_added(text, self._norm, self._word_pieces, pieces)
 
     def _word_pieces(self, text: str, pieces: list) -> None:
-        pieces.extend(map(self._words.__getitem__, (PRE_TOKEN_ASCII if text.isascii() else PRE_TOKEN).findall(text)))
+        words = (PRE_TOKEN_ASCII if text.isascii() else PRE_TOKEN).findall(text)
+        pieces.extend(map(self._words.__getitem__, words))
 
     def _split_added(self, text: str, pattern: regex.Pattern, between, pieces: list) -> None:
         """The added tokens `pattern` finds in `text` as 1-tuples, with `between` run on the text around them."""

@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import CACHE_ENV, cache_dir  # noqa: F401 - CACHE_ENV re-exported for callers that set it
+from .cache import cache_dir
 from .olmo_assets import OLMO_VERSION
 
 RANDOM_PREFIX = "random:"
