@@ -6,7 +6,7 @@ Truncation is `longest_first` at `max_length`, the same call sentence-transforme
 CrossEncoder makes, so token ids match the reference exactly.
 
 Byte-level BPE tokenizers (ModernBERT's, so every Ettin model's; GPT-2's, RoBERTa's) take
-fast_pairs.py's exact fast path, 4-5x the pairs/s of `tokenizers`' own encode_batch on one
+fast_pairs.py's exact fast path, 3.5-5x the pairs/s of `tokenizers`' own encode_batch on one
 core (benchmarks/RESULTS.md); any other tokenizer (BERT WordPiece, XLM-R's SentencePiece)
 keeps that library's encode_batch, and `PairTokenizer.fast_path` says which runs and why.
 """
