@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +37,10 @@ def canonical(batch: pa.Table, *, rename: dict[str, str], header: bytes | None) 
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(scoring: ScoringConfig):
-    # Ray reuses worker processes across tasks, so each worker loads the tokenizer once.
+    # Ray reuses worker processes across tasks, so each worker loads the tokenizer once (and keeps the fast
+    # path's word cache). A task is sized at its CPU share: the Rust fallback must not start a thread per core
+    # in each of the node's concurrent tasks.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from ettin_batch.engine import PairTokenizer, resolve_model
 
     return PairTokenizer.from_pretrained(resolve_model(scoring.model, scoring.revision).path, scoring.max_length)
