@@ -36,24 +36,44 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def tree_pss_bytes(root: int) -> int:
-    """PSS of `root` and all its descendants, in bytes (Linux /proc)."""
-    total, stack, seen = 0, [root], set()
+def _name(pid: int) -> str:
+    """What a process of the job is: Ray names its workers in their title (ray::ScorePairs, ray::IDLE, ...)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().split(b"\0")
+    except OSError:
+        return "?"
+    first = words[0].decode(errors="replace")
+    if first.startswith("ray::"):
+        return first.split("(")[0].split()[0]
+    if "ettin_batch.cli" in b" ".join(words).decode(errors="replace"):
+        return "driver"
+    return os.path.basename(first) or "?"
+
+
+def tree_pss(root: int) -> dict[int, tuple[str, int]]:
+    """PSS of `root` and all its descendants, in bytes, by pid, with each process's name (Linux /proc)."""
+    found, stack = {}, [root]
     while stack:
         pid = stack.pop()
-        if pid in seen:
+        if pid in found:
             continue
-        seen.add(pid)
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1]) * 1024
-                        break
-        except OSError:
+                pss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration):
             continue
+        found[pid] = (_name(pid), pss)
         stack += _children(pid)
-    return total
+    return found
+
+
+def by_name(processes: dict[int, tuple[str, int]]) -> dict[str, int]:
+    """MiB per kind of process, largest first."""
+    total: dict[str, int] = {}
+    for name, pss in processes.values():
+        total[name] = total.get(name, 0) + pss
+    return {k: round(v / 2**20) for k, v in sorted(total.items(), key=lambda kv: -kv[1])}
 
 
 def run_job(data: str, out: str, model: str, batch_size: int) -> dict:
@@ -64,11 +84,14 @@ def run_job(data: str, out: str, model: str, batch_size: int) -> dict:
     start = time.perf_counter()
     # Workers at niceness 0 like the driver (Ray starts them at 15): see bench_rerank_overhead.py.
     proc = subprocess.Popen(cmd, stdout=sys.stderr, env={**os.environ, "RAY_worker_niceness": "0"})
-    peak = [0]
+    peak, at_peak = [0], [{}]
 
     def sample():
         while proc.poll() is None:
-            peak[0] = max(peak[0], tree_pss_bytes(proc.pid))
+            processes = tree_pss(proc.pid)
+            total = sum(pss for _, pss in processes.values())
+            if total > peak[0]:
+                peak[0], at_peak[0] = total, processes
             time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -80,7 +103,8 @@ def run_job(data: str, out: str, model: str, batch_size: int) -> dict:
     with open(os.path.join(out, "_SUCCESS.json")) as f:
         manifest = json.load(f)
     return {"wall_s": round(wall, 1), "peak_pss_mib": round(peak[0] / 2**20), "job_pairs_per_s": manifest["pairs_per_s"],
-            "scored": manifest["counts"]["scored"]}
+            "scored": manifest["counts"]["scored"], "phases_s": manifest["phases_s"],
+            "at_peak_mib": by_name(at_peak[0])}
 
 
 def main() -> None:

@@ -197,7 +197,7 @@ class Reranker:
             "input_ids": torch.from_numpy(ids).to(self.device),
             "attention_mask": torch.from_numpy(mask.astype(np.int64)).to(self.device),
         }
-        if batch_pairs.segment_a is not None:
+        if batch_pairs.segment_a is not None and self.tokenizer.uses_token_types:
             types = (positions >= batch_pairs.segment_a[:, None]) & mask
             features["token_type_ids"] = torch.from_numpy(types.astype(np.int64)).to(self.device)
         for module in self._ce.children():

@@ -13,6 +13,7 @@ keeps that library's encode_batch, and `PairTokenizer.fast_path` says which runs
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -120,14 +121,18 @@ class PairTokenizer:
     def __init__(self, hf_tokenizer, max_length: int):
         if not getattr(hf_tokenizer, "is_fast", False) and not hasattr(hf_tokenizer, "_tokenizer"):
             raise ValueError("ettin-batch needs a fast (Rust) tokenizer; the model folder has no tokenizer.json")
+        self._setup(hf_tokenizer._tokenizer.to_str(), max_length, "token_type_ids" in hf_tokenizer.model_input_names,
+                    hf_tokenizer.pad_token_id)
+
+    def _setup(self, spec: str, max_length: int, uses_token_types: bool, pad_token_id: int | None) -> None:
         self.max_length = int(max_length)
-        self.uses_token_types = "token_type_ids" in hf_tokenizer.model_input_names
-        self.pad_token_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0
+        self.spec = spec  # the Rust tokenizer's JSON, as loaded: two PairTokenizers agree when these do
+        self.uses_token_types = uses_token_types
+        self.pad_token_id = pad_token_id if pad_token_id is not None else 0
         # A private copy of the Rust tokenizer, configured once (HF's __call__ reconfigures per call);
         # a copy, so two PairTokenizers over one model never change each other's truncation.
         from tokenizers import Tokenizer
 
-        spec = hf_tokenizer._tokenizer.to_str()
         self._backend = Tokenizer.from_str(spec)
         self._backend.no_padding()
         self._backend.enable_truncation(self.max_length, strategy="longest_first")
@@ -138,9 +143,24 @@ class PairTokenizer:
 
     @classmethod
     def from_pretrained(cls, path: str, max_length: int) -> PairTokenizer:
-        from transformers import AutoTokenizer
+        """The tokenizer saved in a model folder, read without transformers: a tokenize task then costs the
+        `tokenizers` library and no torch (~60 MB against ~300 MB a process). transformers 5 loads
+        tokenizer.json as it is (the job's scoring actors check that theirs equals this one). Without
+        `model_input_names` in tokenizer_config.json it gives every pair's segment split, for the model to
+        use or not."""
+        from pathlib import Path
 
-        return cls(AutoTokenizer.from_pretrained(path), max_length)
+        from tokenizers import Tokenizer
+
+        folder = Path(path)
+        if not (folder / "tokenizer.json").exists():
+            raise ValueError("ettin-batch needs a fast (Rust) tokenizer; the model folder has no tokenizer.json")
+        config_file = folder / "tokenizer_config.json"
+        config = json.loads(config_file.read_text()) if config_file.exists() else {}
+        tokenizer = cls.__new__(cls)
+        tokenizer._setup(Tokenizer.from_file(str(folder / "tokenizer.json")).to_str(), max_length,
+                         "token_type_ids" in config.get("model_input_names", ["token_type_ids"]), None)
+        return tokenizer
 
     def __call__(self, queries: Sequence[str], documents: Sequence[str]) -> TokenizedPairs:
         """Tokenize pairs; raises ValueError naming the index of a non-string text."""

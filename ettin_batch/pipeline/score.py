@@ -57,6 +57,20 @@ class RunStats:
         return {**self.figures, "info": self.info}
 
 
+def check_same_tokenizer(reranker) -> None:
+    """The tokenize tasks read the model's tokenizer.json without transformers; the model's own tokenizer,
+    as transformers loaded it here, must be the same one, or the ids they hand over would be another's."""
+    from ettin_batch.engine import PairTokenizer
+    from ettin_batch.errors import ModelLoadError
+
+    tasks = PairTokenizer.from_pretrained(reranker.resolved.path, reranker.max_length)
+    if tasks.spec != reranker.tokenizer.spec:
+        raise ModelLoadError(f"{reranker.resolved.model_id}: transformers changes its tokenizer.json when it loads "
+                             "it (tokenizer_config.json overrides it), so the job's tokenize tasks, which read the "
+                             "file as it is, would give other token ids. Save the tokenizer again "
+                             "(AutoTokenizer.from_pretrained(...).save_pretrained(...)) so that the two agree.")
+
+
 class ScorePairs:
     """Ray Data callable class: a batch of tokenized pairs in, the same rows with `score` out.
 
@@ -80,6 +94,7 @@ class ScorePairs:
         self._time = time.perf_counter
         self.reranker = Reranker.from_config(scoring, device=device)
         self.reranker.faults = DataContext.get_current().get_config(FAULTS_KEY)
+        check_same_tokenizer(self.reranker)
         # Errors that say nothing about the rows: they fail the batch (and the job) as before.
         self._not_row_faults = (torch.OutOfMemoryError, torch.AcceleratorError, MemoryError)
         self.rejects = rejects

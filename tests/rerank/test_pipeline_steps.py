@@ -95,3 +95,43 @@ def test_a_document_listed_twice_fills_one_place_in_a_part_and_in_the_final_cut(
     whole = ranking.top_k(pa.concat_tables([part1, part2]), 2)
     assert rows.equals(whole[0]) and rank.tolist() == whole[1].tolist()
     assert ranking.repeated_pairs(pa.concat_tables([part1, part2])) == (2, ("q", "d1"))
+
+
+def test_the_tokenize_step_reads_the_tokenizer_without_transformers_and_gives_the_engines_ids(tmp_path):
+    # A BERT cross-encoder (token type ids) and an Ettin one: the task's tokenizer, read from tokenizer.json
+    # alone, gives the ids, truncation flags and segment split of the one transformers loads for the engine.
+    import subprocess
+    import sys
+
+    from builders import build_bert_classifier, random_texts
+    from transformers import AutoTokenizer
+
+    from ettin_batch.engine import PairTokenizer, resolve_model
+
+    queries, documents = random_texts(50, 2, 8, seed=1), random_texts(50, 5, 300, seed=2)
+    for path in (str(build_bert_classifier(tmp_path / "bert")), resolve_model(TINY).path):
+        task = PairTokenizer.from_pretrained(path, 64)(queries, documents)
+        engine = PairTokenizer(AutoTokenizer.from_pretrained(path), 64)(queries, documents)
+        assert (task.input_ids == engine.input_ids).all() and (task.truncated == engine.truncated).all()
+        if engine.segment_a is not None:
+            assert (task.segment_a == engine.segment_a).all()
+    code = (f"import sys; from ettin_batch.engine import PairTokenizer; PairTokenizer.from_pretrained({path!r}, 64)"
+            "(['a'], ['b']); sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # no torch in a tokenize task
+
+
+def test_a_scoring_actor_refuses_a_model_whose_tokenizer_json_is_not_the_one_it_loaded(tmp_path):
+    import shutil
+
+    from builders import build_bert_classifier
+
+    from ettin_batch.engine import Reranker, resolve_model
+    from ettin_batch.errors import ModelLoadError
+    from ettin_batch.pipeline.score import check_same_tokenizer
+
+    shutil.copytree(resolve_model(TINY).path, tmp_path / "model")
+    reranker = Reranker.from_pretrained(str(tmp_path / "model"), device="cpu")
+    check_same_tokenizer(reranker)  # the same file: no complaint
+    shutil.copy(build_bert_classifier(tmp_path / "bert") / "tokenizer.json", tmp_path / "model" / "tokenizer.json")
+    with pytest.raises(ModelLoadError, match="would give other token ids"):
+        check_same_tokenizer(reranker)
