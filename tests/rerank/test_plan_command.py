@@ -80,6 +80,16 @@ def test_a_gpu_forecast_measured_on_a_cpu_says_it_cannot_be_trusted(shards, caps
     assert "NOT TRUSTED" in capsys.readouterr().out
 
 
+def test_a_rerank_config_file_plans_its_own_run(shards, tmp_path, capsys):
+    config = tmp_path / "nightly.yaml"
+    config.write_text(f"rerank:\n  model: {TINY}\n  output: s3://idx/reranked/{{date}}/\n  max_length: 128\n"
+                      "  top_k: 5\n  batch_size: 64\n")
+    assert main(["plan", "--config", str(config), "--input", str(shards), "--gpus", "0", "--sample", "40",
+                 "--no-fidelity", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"]["max_length"] == 128 and out["input"]["tokens_per_pair"]["max_length"] == 128
+
+
 GOOD = {"query_id": ["q1"], "query": ["a query"], "doc_id": ["d1"], "document": ["a document"]}
 
 
