@@ -55,6 +55,16 @@ def test_the_fidelity_check_fails_when_the_fast_path_is_wrong(shards, ettin):
     assert check.as_dict()["result"] == "FAIL" and "FAIL" in report.table()
 
 
+def test_a_run_in_bfloat16_is_checked_in_float32_and_in_bfloat16_against_the_suites_bars(shards, ettin):
+    # What a GPU run (auto: bfloat16) gets; on this CPU by asking for bfloat16.
+    report = plan(PlanConfig.of(input=[str(shards)], model=ettin, gpus=0, dtype="bfloat16", sample=SAMPLE))
+    exact, half = report.fidelity
+    assert exact.dtype == "float32" and exact.passed
+    assert half.dtype == "bfloat16" and half.passed
+    assert 0 < half.rms_diff <= 1.2 * half.half_reference_rms
+    assert report.as_dict()["measured"]["model"]["dtype"] == "bfloat16"
+
+
 def test_the_plan_reports_input_rates_and_a_forecast_for_this_machine(shards):
     report = plan(PlanConfig.of(input=[str(shards)], model=TINY, gpus=0, sample=SAMPLE, fidelity=False))
     out = report.as_dict()
