@@ -69,6 +69,8 @@ def plan(config: PlanConfig, *, faults=None) -> PlanReport:
     config.validate()
     scoring = config.scoring
     inputs = inspect_inputs(config)
+    if inputs.num_rows == 0:
+        raise InputError(f"the input ({', '.join(config.input)}) has no rows: there is nothing to plan")
     model = check_model(scoring.model, scoring.revision, scoring.max_length)
     previous = open_previous(config.reuse, None, s3_max_attempts=config.s3_max_attempts) if config.reuse else None
     sample = draw_sample(inputs, config.columns, config.sample, config.seed)

@@ -134,6 +134,9 @@ def test_exit_codes_are_the_other_commands(shards, tmp_path, capsys):
     assert "sample=0 must be a positive integer" in capsys.readouterr().err
     with pytest.raises(ModelLoadError):
         plan(PlanConfig.of(input=[str(shards)], model="random:ettin-nonesuch"))
+    pq.write_table(pa.table(GOOD).slice(0, 0), tmp_path / "empty.parquet")
+    with pytest.raises(InputError, match="no rows"):
+        plan(PlanConfig.of(input=[str(tmp_path / "empty.parquet")], model=TINY))
 
 
 def test_plan_reads_its_input_from_s3(s3):
