@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from ettin_batch.config import PlanConfig, dtype_name
 from ettin_batch.errors import InputError
 from ettin_batch.pipeline.inputs import inspect_inputs
+from ettin_batch.pipeline.run import plan_resources
 from ettin_batch.pipeline.reuse import FINGERPRINT_COL, fingerprint_header, open_previous, scored_before
 from ettin_batch.plan import fidelity as fid
 from ettin_batch.plan.forecast import Cluster, Forecast, Rates, forecast
@@ -82,12 +83,11 @@ def plan(config: PlanConfig, *, faults=None) -> PlanReport:
                          "text the tokenizer refuses): check the input's columns (`ettin-batch rerank` would reject "
                          "them all)")
     pairs = tokenized_pairs(out)
+    cluster = _cluster(config)
     engine, load_s = load_engine(scoring, _local_device(), faults)
-    run, scores = measure_model(engine, pairs, config.batch_size, load_s)
+    run, scores = measure_model(engine, pairs, config.batch_size, load_s, cluster.threads)
     rates = Rates(run.pairs_per_s, engine.device.type, stage.fingerprint_s / stage.pairs_in,
                   stage.tokenize_s / stage.pairs_in, load_s)
-    cluster = Cluster(config.gpus, config.cpus_per_gpu, config.cpus_per_actor or 1.0, os.cpu_count() or 1,
-                      config.gpu_hour_price)
     groups = len(shard_groups(inputs, config.group_rows))
     settings = {"model_id": model.model_id, "revision": model.revision, "max_length": scoring.max_length,
                 "dtype": job_dtype}
@@ -102,6 +102,15 @@ def plan(config: PlanConfig, *, faults=None) -> PlanReport:
         fidelity=_fidelity(config, model.path, engine, scores, out, pairs, faults) if config.fidelity else [])
     report.warnings = _warnings(report)
     return report
+
+
+def _cluster(config: PlanConfig) -> Cluster:
+    """The run's layout. For CPU scoring, the job's own rule (plan_resources) on this machine's cores
+    picks the actors and their threads, and the model is measured with those threads."""
+    cores = os.cpu_count() or 1
+    res = plan_resources(config.replace(gpus_per_actor=0.0), {"CPU": cores})
+    return Cluster(config.gpus, config.cpus_per_gpu, config.cpus_per_actor or 1.0, cores, config.gpu_hour_price,
+                   actors=res.actors if not config.gpus else 1, threads=res.threads if not config.gpus else None)
 
 
 def _local_device() -> str:

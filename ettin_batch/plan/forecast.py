@@ -8,9 +8,13 @@ Plain arithmetic on measured rates, so it can be checked by hand (and is tested 
       cpu   = (pairs x fingerprint s/pair + pairs_to_score x tokenize s/pair) / (G x (C - A))
       wall  = max(model, cpu): the stages stream side by side, so the slower one decides
       CPUs per GPU that keep the model busy = ceil(model pairs/s x CPU s/pair) + A
-  CPU run (--gpus 0), on a machine like this one with N cores: the model's threads and the CPU
-  tasks take turns on the same cores, so their times add:
-      wall  = pairs_to_score / model pairs/s + (CPU core-seconds) / N
+  CPU run (--gpus 0), on a machine like this one with N cores, A scoring actors of T threads each
+  (the job's layout; by default one actor with a thread per core, measured with those T threads):
+      model = pairs_to_score / (A x model pairs/s)
+      wall  = max(model, (A x T x model + CPU core-seconds) / N): the actors' threads and the CPU
+              tasks share the N cores, so with T = N their times add, and with fewer threads the
+              CPU tasks run beside the model on the cores left; whichever takes more of the cores'
+              time decides
   start-up, reported apart: Ray's start, then for each group of input files the job scores in
   turn (rerank.shard_groups) an actor start and a model load
   GPU-hours = G x (wall + start-up) / 3600: the GPUs are booked from the start
@@ -55,13 +59,16 @@ class Rates:
 
 @dataclass(frozen=True)
 class Cluster:
-    """Where the run goes. gpus=0: CPU scoring on a machine with `cores` cores (this one)."""
+    """Where the run goes. gpus=0: CPU scoring on a machine with `cores` cores (this one), by `actors`
+    scoring actors of `threads` threads each (pipeline.run.plan_resources decides both, as in the job)."""
 
     gpus: int
     cpus_per_gpu: float = 12.0
     cpus_per_actor: float = 1.0
     cores: int = 1
     gpu_hour_price: float | None = None
+    actors: int = 1
+    threads: int | None = None  # None: one per core
 
 
 @dataclass
@@ -97,18 +104,23 @@ def forecast(pairs: int, rates: Rates, cluster: Cluster, *, pairs_to_score: int 
     cpu_core_s = pairs * rates.fingerprint_s_per_pair + to_score * rates.tokenize_s_per_pair
     startup = RAY_START_S + groups * (ACTOR_START_S + rates.model_load_s)
     if cluster.gpus == 0:
-        model_s = to_score / rates.model_pairs_per_s
+        model_s = to_score / (cluster.actors * rates.model_pairs_per_s)
         cpu_s = cpu_core_s / cluster.cores
-        wall, keep_busy, gpu_hours, cost = model_s + cpu_s, None, None, None
+        busy_cores = cluster.actors * (cluster.threads or cluster.cores)
+        wall = max(model_s, (busy_cores * model_s + cpu_core_s) / cluster.cores)
+        # Sharing the cores, the one that takes more of their time decides.
+        slower = "model" if wall == model_s or busy_cores * model_s >= cpu_core_s else "tokenization"
+        keep_busy, gpu_hours, cost = None, None, None
         why = GPU_FOR_CPU if rates.model_device != "cpu" else None
     else:
         model_s = to_score / (cluster.gpus * rates.model_pairs_per_s)
         cpu_s = cpu_core_s / (cluster.gpus * (cluster.cpus_per_gpu - cluster.cpus_per_actor))
         wall = max(model_s, cpu_s)
+        slower = "model" if model_s >= cpu_s else "tokenization"
         per_pair = rates.fingerprint_s_per_pair + rates.tokenize_s_per_pair
         keep_busy = math.ceil(rates.model_pairs_per_s * per_pair) + math.ceil(cluster.cpus_per_actor)
         gpu_hours = cluster.gpus * (wall + startup) / 3600
         cost = None if cluster.gpu_hour_price is None else gpu_hours * cluster.gpu_hour_price
         why = CPU_FOR_GPU if rates.model_device != "cuda" else None
-    return Forecast(cluster, pairs, to_score, model_s, cpu_s, wall, startup, "model" if model_s >= cpu_s else "tokenization",
-                    gpu_hours, cost, keep_busy, why is None, why)
+    return Forecast(cluster, pairs, to_score, model_s, cpu_s, wall, startup, slower, gpu_hours, cost, keep_busy,
+                    why is None, why)

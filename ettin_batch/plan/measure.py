@@ -122,14 +122,16 @@ def load_engine(scoring: ScoringConfig, device: str, faults=None):
     return engine, time.perf_counter() - start
 
 
-def measure_model(engine, pairs: TokenizedPairs, batch_size: int, load_s: float) -> tuple[ModelRun, np.ndarray]:
-    """Score `pairs` in chunks of `batch_size` (one scoring-actor call each); returns the timing and the
-    scores (float32 [n], input order)."""
+def measure_model(engine, pairs: TokenizedPairs, batch_size: int, load_s: float,
+                  threads: int | None = None) -> tuple[ModelRun, np.ndarray]:
+    """Score `pairs` in chunks of `batch_size` (one scoring-actor call each), on a CPU with `threads`
+    threads as the job's CPU actor has (pipeline.run.plan_resources); returns the timing and the scores
+    (float32 [n], input order)."""
     import torch
 
-    threads = torch.get_num_threads()
-    if engine.device.type == "cpu":  # the job's CPU actor takes a thread for every core (plan_resources)
-        torch.set_num_threads(os.cpu_count() or 1)
+    saved = torch.get_num_threads()
+    if engine.device.type == "cpu" and threads:
+        torch.set_num_threads(threads)
     try:
         engine.score_tokens(pairs.take(np.arange(min(64, len(pairs)))))  # first-call setup, as an actor pays once
         scores = np.empty(len(pairs), np.float32)
@@ -143,7 +145,7 @@ def measure_model(engine, pairs: TokenizedPairs, batch_size: int, load_s: float)
         seconds = (time.perf_counter() - start) / passes
         used = torch.get_num_threads()
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(saved)
     run = ModelRun(len(pairs), int(pairs.offsets[-1]), seconds, load_s, engine.info,
                    device_words(engine.device, used))
     return run, scores

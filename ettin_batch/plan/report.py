@@ -61,7 +61,8 @@ def _measured(m: dict) -> list[str]:
 def _forecast(title: str, f: dict, dtype: str) -> list[str]:
     c = f["cluster"]
     where = (f"{c['gpus']} GPU{'s' if c['gpus'] > 1 else ''} with {c['cpus_per_gpu']:g} CPUs each" if c["gpus"]
-             else f"CPU scoring on {c['cores']} cores like this machine's")
+             else f"CPU scoring on {c['cores']} cores like this machine's ({c['actors']} actor"
+                  f"{'s' if c['actors'] > 1 else ''} of {c['threads'] or c['cores']} threads)")
     lines = ["", f"{title}: {where}",
              _row("pairs scored", f"{f['pairs_to_score']:,} of {f['pairs']:,}"),
              _row("wall time", f"{duration(f['wall_s'])} (model {duration(f['model_s'])}, CPU stage "

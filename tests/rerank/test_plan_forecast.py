@@ -49,6 +49,16 @@ def test_on_cpus_the_model_and_the_tokenizer_share_the_cores_so_their_times_add(
     assert f.gpu_hours is None and f.cpus_per_gpu_to_keep_model_busy is None and f.trusted
 
 
+def test_on_cpus_an_actor_with_fewer_threads_than_cores_leaves_the_rest_to_the_tokenizer():
+    cpu = Rates(model_pairs_per_s=100, model_device="cpu", fingerprint_s_per_pair=0, tokenize_s_per_pair=5e-4)
+    one_thread = Cluster(gpus=0, cores=2, threads=1)
+    assert forecast(20_000, cpu, one_thread).wall_s == pytest.approx(200.0)  # 10 core-s of tokenizing beside it
+    heavy = Rates(model_pairs_per_s=100, model_device="cpu", fingerprint_s_per_pair=0, tokenize_s_per_pair=0.015)
+    f = forecast(20_000, heavy, one_thread)  # 300 core-s of tokenizing: both cores busy for (200 + 300) / 2
+    assert f.wall_s == pytest.approx(250.0) and f.bottleneck == "tokenization"
+    assert forecast(20_000, cpu, Cluster(gpus=0, cores=2, actors=2, threads=1)).model_s == pytest.approx(100.0)
+
+
 def test_reuse_leaves_fingerprinting_every_pair_but_tokenizing_and_scoring_only_the_new_ones():
     full = forecast(1_000_000, GPU, Cluster(gpus=1, cpus_per_gpu=12))
     incremental = forecast(1_000_000, GPU, Cluster(gpus=1, cpus_per_gpu=12), pairs_to_score=100_000)
