@@ -12,6 +12,9 @@ For each model:
 Compared: the forecast's wall time (without start-up) against the job's wall time minus the fixed
 run's, and the forecast's start-up estimate against the fixed run. Target: within 25%.
 
+`--flags` passes the same extra flags to both (e.g. `--cpus-per-actor 1`: a one-thread scoring actor,
+the tokenize tasks on the other core).
+
 Input: the benchmark workload (benchmarks/workload.py, `nq_like_pairs`: whatever text and lengths it
 gives), 20 candidates per query, shards of 50,000 pairs in row groups of 10,000. The job runs as in
 bench_rerank_scale.py (workers at niceness 0, --gpus-per-actor 0). Prints one JSON line per run.
@@ -60,10 +63,10 @@ def write_input(folder: str, n: int, seed: int = 0) -> str:
     return folder
 
 
-def run_plan(data: str, model: str, sample: int) -> tuple[dict, float]:
+def run_plan(data: str, model: str, sample: int, flags: list[str]) -> tuple[dict, float]:
     """The plan's JSON and the seconds the command took, in a fresh process like a user's."""
     cmd = [sys.executable, "-m", "ettin_batch.cli", "plan", "--input", data, "--model", model, "--gpus", "0",
-           "--no-fidelity", "--json", "--sample", str(sample)]
+           "--no-fidelity", "--json", "--sample", str(sample), *flags]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -71,20 +74,20 @@ def run_plan(data: str, model: str, sample: int) -> tuple[dict, float]:
     return json.loads(done.stdout), time.perf_counter() - start
 
 
-def job(data: str, out: str, model: str, batch_size: int) -> dict:
+def job(data: str, out: str, model: str, batch_size: int, flags: list[str]) -> dict:
     """The job's wall time (command start to exit) and its manifest's phases."""
-    result = run_job(data, out, model, batch_size)
+    result = run_job(data, out, model, batch_size, flags)
     with open(os.path.join(out, "_SUCCESS.json")) as f:
         manifest = json.load(f)
     return {**result, "phases_s": manifest["phases_s"], "model_seconds": manifest["model_seconds"],
             "tokens": manifest["tokens"]}
 
 
-def compare(model: str, n: int, plan: dict, plan_s: float, run: dict, fixed: dict) -> dict:
+def compare(model: str, n: int, plan: dict, plan_s: float, run: dict, fixed: dict, flags: list[str]) -> dict:
     f, measured = plan["forecast"], plan["measured"]
     variable = run["wall_s"] - fixed["wall_s"]
     return {
-        "benchmark": "plan_forecast", "model": model, "pairs": n,
+        "benchmark": "plan_forecast", "model": model, "pairs": n, "flags": " ".join(flags),
         "forecast_wall_s": f["wall_s"], "forecast_model_s": f["model_s"], "forecast_cpu_s": f["cpu_s"],
         "forecast_startup_s": f["startup_s"], "bottleneck": f["bottleneck"],
         "measured_model_pairs_per_s": measured["model"]["pairs_per_s"],
@@ -105,18 +108,21 @@ def main() -> None:
     p.add_argument("--pairs", type=int, nargs="+", default=[20_000, 200_000])
     p.add_argument("--sample", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--flags", default="", help="extra flags for both plan and rerank, e.g. '--cpus-per-actor 1'")
     p.add_argument("--work", default=os.path.join(HERE, "_work", "plan"))
     args = p.parse_args()
+    flags = args.flags.split()
     for model in args.models:
         tag = model.replace(":", "-")
         fixed_in = write_input(os.path.join(args.work, f"in-{FIXED_PAIRS}"), FIXED_PAIRS)
-        fixed = job(fixed_in, os.path.join(args.work, f"out-{tag}-fixed"), model, args.batch_size)
-        print(json.dumps({"benchmark": "plan_fixed_startup", "model": model, "pairs": FIXED_PAIRS, **fixed}), flush=True)
+        fixed = job(fixed_in, os.path.join(args.work, f"out-{tag}-fixed"), model, args.batch_size, flags)
+        print(json.dumps({"benchmark": "plan_fixed_startup", "model": model, "pairs": FIXED_PAIRS,
+                          "flags": args.flags, **fixed}), flush=True)
         for n in args.pairs:
             data = write_input(os.path.join(args.work, f"in-{n}"), n)
-            plan, plan_s = run_plan(data, model, args.sample)
-            run = job(data, os.path.join(args.work, f"out-{tag}-{n}"), model, args.batch_size)
-            print(json.dumps(compare(model, n, plan, plan_s, run, fixed)), flush=True)
+            plan, plan_s = run_plan(data, model, args.sample, flags)
+            run = job(data, os.path.join(args.work, f"out-{tag}-{n}"), model, args.batch_size, flags)
+            print(json.dumps(compare(model, n, plan, plan_s, run, fixed, flags)), flush=True)
 
 
 if __name__ == "__main__":
