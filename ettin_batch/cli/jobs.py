@@ -40,10 +40,12 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
                    help="attempts per object-store call, with backoff (default $ETTIN_BATCH_S3_MAX_ATTEMPTS, else 12)")
 
 
-def _add_input_flags(p: argparse.ArgumentParser) -> None:
-    """The config file, the input shards and their column names."""
+def _add_input_flags(p: argparse.ArgumentParser, outputs: str | None = None) -> None:
+    """The config file, the input shards, the output folder (where the command writes `outputs`), the columns."""
     p.add_argument("--config", help="YAML or TOML file with any of the settings below (flags win)")
     p.add_argument("--input", nargs="+", help="Parquet folder(s), glob(s) or file(s); local, s3://, gs://")
+    if outputs:
+        p.add_argument("--output", help=f"output folder: {outputs}")
     for role, flag in COLUMN_FLAGS.items():
         p.add_argument(flag, dest=f"columns.{role}", help=f"input column holding the {role.replace('_', ' ')} "
                                                            f"(default {role})")
@@ -51,8 +53,7 @@ def _add_input_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_job_flags(p: argparse.ArgumentParser, outputs: str) -> None:
     """The flags of every job over Parquet shards: config file, inputs, output, columns, model, cluster."""
-    _add_input_flags(p)
-    p.add_argument("--output", help=f"output folder: {outputs}")
+    _add_input_flags(p, outputs)
     p.add_argument("--passthrough", nargs="*", help="extra input columns copied to the output")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace a finished run in --output (removed once the inputs and model check out)")

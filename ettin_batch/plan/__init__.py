@@ -172,7 +172,14 @@ def _warnings(report: PlanReport) -> list[str]:
     m, stage = report.measured["machine"], report.measured["cpu_stage"]
     if m["load_average_1m"] is not None and m["load_average_1m"] > 0.5 * (m["cores"] or 1):
         found.append(f"this machine was busy while measuring (load average {m['load_average_1m']:.1f} on "
-                     f"{m['cores']} cores): the model's rate may be low, and with it the forecast's speed")
+                     f"{m['cores']} cores): the rates may be low, and the forecast's times high")
+        if report.measured["model"]["device"].startswith("cpu") and not report.measured["model"]["device"].endswith(
+                " 1 thread"):
+            # Measured on the 2-core development VM (benchmarks/RESULTS.md, plan section).
+            found.append("torch's CPU threads wait for one another at every step, so on a busy machine a model on "
+                         "several threads slows far more than its share of the load (17M shape, 2-core VM at load "
+                         "4-9: 2.3-17 pairs/s on 2 threads, 11-36 on 1): plan on an idle machine, or plan and "
+                         "run with --cpus-per-actor 1")
     if stage["rejected"]:
         found.append(f"{stage['rejected']:,} of the {stage['pairs']:,} sampled pairs cannot be scored (null ids or "
                      "texts, or text the tokenizer refuses): the run would reject such rows to rejects/")

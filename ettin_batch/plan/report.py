@@ -26,7 +26,7 @@ def format_table(p: dict) -> str:
         lines += _reuse(p["reuse"])
     if p["fidelity"]:
         lines += _fidelity(p["fidelity"])
-    lines += [f"warning: {w}" for w in p["warnings"]]
+    lines += [textwrap.fill(w, WIDTH, initial_indent="warning: ", subsequent_indent="  ") for w in p["warnings"]]
     return "\n".join(lines)
 
 
