@@ -3,7 +3,9 @@
     CPU stage   `canonical` (names, pair fingerprints) then `Tokenize`, as the job's CPU tasks run them:
                 Arrow batches of `batch_size` pairs, one thread (TOKENIZERS_PARALLELISM=false, as in a
                 Ray task holding one CPU). Timed in CPU seconds of this process, so the figure is what
-                one core does, not what a busy machine let it do.
+                one core does, not what a busy machine let it do. One pass over the sample: a
+                tokenizer that caches what it has seen is timed nearly cold, so a long run's tasks
+                may go faster than this (timing a second pass over the same texts would overstate it).
     model       `Reranker.score_tokens` on chunks of `batch_size` tokenized pairs, as a scoring actor
                 calls it, with the job's token budget for the device; wall seconds (the device's
                 throughput), after one untimed warm-up call, over whole passes of the sample

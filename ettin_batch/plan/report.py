@@ -51,7 +51,9 @@ def _input(i: dict) -> list[str]:
 
 def _measured(m: dict) -> list[str]:
     c, r, host = m["cpu_stage"], m["model"], m["machine"]
-    return ["", f"measured on this machine (load average {host['load_average_1m']:.1f} on {host['cores']} cores)",
+    load = host["load_average_1m"]
+    busy = f"load average {load:.1f}" if load is not None else "load average unknown"
+    return ["", f"measured on this machine ({busy} on {host['cores']} cores)",
             _row("CPU stage", f"{c['pairs_per_s_per_core']:,.0f} pairs/s per core  [{c['device']}] "
                               "(fingerprints + tokenizer, the job's tokenize tasks)"),
             _row("model", f"{r['pairs_per_s']:,.1f} pairs/s  [{r['device']}, {r['dtype']}, {r['attention']} attention, "
