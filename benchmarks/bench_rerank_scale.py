@@ -76,11 +76,11 @@ def by_name(processes: dict[int, tuple[str, int]]) -> dict[str, int]:
     return {k: round(v / 2**20) for k, v in sorted(total.items(), key=lambda kv: -kv[1])}
 
 
-def run_job(data: str, out: str, model: str, batch_size: int) -> dict:
+def run_job(data: str, out: str, model: str, batch_size: int, extra: list[str] = ()) -> dict:
     # A fresh folder: an unfinished one (an interrupted earlier run) would be resumed, not rerun.
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "ettin_batch.cli", "rerank", "--input", data, "--output", out, "--model", model,
-           "--batch-size", str(batch_size), "--overwrite", "--no-progress", "--gpus-per-actor", "0"]
+           "--batch-size", str(batch_size), "--overwrite", "--no-progress", "--gpus-per-actor", "0", *extra]
     start = time.perf_counter()
     # Workers at niceness 0 like the driver (Ray starts them at 15): see bench_rerank_overhead.py.
     proc = subprocess.Popen(cmd, stdout=sys.stderr, env={**os.environ, "RAY_worker_niceness": "0"})

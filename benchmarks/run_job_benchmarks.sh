@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The rerank job's CPU benchmarks, one after another, on an otherwise idle machine:
-#   Ray's overhead (20k pairs), incremental --reuse (5% changed), scale (200k -> 2M pairs).
+#   Ray's overhead (20k pairs), incremental --reuse (5% changed), scale (200k -> 2M pairs),
+#   and (only when named) plan: the forecast against real runs (PLAN_MODELS, PLAN_PAIRS, PLAN_FLAGS).
 # Runs from a snapshot of the package so edits to the working tree cannot change it mid-run.
 # Raw JSON lines go to benchmarks/results/job-<name>.json; figures belong in RESULTS.md.
 #   bash benchmarks/run_job_benchmarks.sh [overhead] [incremental] [scale]    (default: all three)
@@ -25,6 +26,8 @@ for name in "${which[@]}"; do
     overhead)    $PY $B/bench_rerank_overhead.py --pairs 20000 2>>"$log.err" | tee -a "$log" ;;
     incremental) $PY $B/bench_rerank_incremental.py --pairs "${INCREMENTAL_PAIRS:-50000}" 2>>"$log.err" | tee -a "$log" ;;
     scale)       $PY $B/bench_rerank_scale.py --pairs 200000 2000000 2>>"$log.err" | tee -a "$log" ;;
+    plan)        $PY $B/bench_plan.py --models ${PLAN_MODELS:-random:ettin-tiny random:ettin-17m} \
+                   --pairs ${PLAN_PAIRS:-20000 200000} --flags "${PLAN_FLAGS:-}" 2>>"$log.err" | tee -a "$log" ;;
     *) echo "unknown benchmark $name" >&2; exit 2 ;;
   esac
 done

@@ -5,6 +5,8 @@
     JobConfig       what every Ray job shares: inputs, output, columns, cluster layout, and a ScoringConfig
     RerankConfig    + top_k, reuse, group_rows          (`ettin-batch rerank`)
     TeacherConfig   + rows_per_file                     (`ettin-batch teacher`)
+    PlanConfig      a RerankConfig to forecast, + the cluster to forecast it on and the sample
+                    (`ettin-batch plan`; needs no output)
 
 Config files and flags are flat (`model: ...`, `--max-length`); `from_dict` routes each key to the
 object that owns it. Everything downstream receives a validated config and trusts it.
@@ -27,7 +29,7 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION_BACKENDS = ("auto", "flash", "torch", "reference", "padded")
 
 __all__ = ["ATTENTION_BACKENDS", "COLUMN_FLAGS", "Columns", "ConfigError", "DEFAULT_MODEL", "DTYPES", "JobConfig",
-           "RerankConfig", "ScoringConfig", "TeacherConfig", "dtype_name"]
+           "PlanConfig", "RerankConfig", "ScoringConfig", "TeacherConfig", "dtype_name"]
 
 
 def dtype_name(dtype: str, device_type: str) -> str:
@@ -161,6 +163,10 @@ class JobConfig(_Checked):
     """
 
     KIND: ClassVar[str] = "job"
+    # Top-level tables a config file may wrap its keys in (see from_file); KIND unless a subclass says more.
+    TABLES: ClassVar[tuple[str, ...]] = ()
+    # Whether the command writes an output folder (`plan` only reads).
+    WRITES_OUTPUT: ClassVar[bool] = True
 
     input: list[str] = field(default_factory=list)
     output: str = ""
@@ -205,8 +211,8 @@ class JobConfig(_Checked):
     def from_file(cls, path: str | os.PathLike) -> JobConfig:
         """Read a .yaml/.yml or .toml file. A top-level table named after the command is accepted too."""
         data = _read_mapping(Path(path))
-        if set(data) == {cls.KIND}:
-            data = data[cls.KIND]
+        if len(data) == 1 and next(iter(data)) in (cls.KIND, *cls.TABLES):
+            data = next(iter(data.values()))
         try:
             config = cls.from_dict(data)
             config.check_types()
@@ -233,7 +239,7 @@ class JobConfig(_Checked):
         self.check_types()
         if not self.input:
             raise ConfigError("no input: pass --input PATH (a folder, glob or file of Parquet; local or s3://)")
-        if not self.output:
+        if self.WRITES_OUTPUT and not self.output:
             raise ConfigError("no output: pass --output PATH (a local folder or s3://bucket/prefix/)")
         self.scoring.validate()
         _positive("batch_size", self.batch_size)
@@ -305,6 +311,46 @@ class TeacherConfig(JobConfig):
 
     def reserved_columns(self) -> tuple[str, ...]:
         return ("query_id", "doc_id", "query", "document", "label")
+
+
+@dataclass
+class PlanConfig(RerankConfig):
+    """`ettin-batch plan`: the rerank run it forecasts (every rerank key, so a nightly run's config file
+    serves both; output is not needed), plus the cluster to forecast it on and the sample to measure.
+
+    gpus:          GPUs of the run; 0 forecasts CPU scoring on a machine like this one (its cores).
+    cpus_per_gpu:  CPUs each GPU comes with (the scoring actor takes cpus_per_actor of them, default 1;
+                   the rest read and tokenize).
+    gpu_hour_price: price of one GPU-hour, for the cost line (any currency); None: no cost.
+    sample:        pairs to sample, tokenize, time and check (pairs).
+    seed:          seed of the sample; the same seed draws the same pairs from the same files.
+    fidelity:      score the sample with sentence-transformers too, and compare (the slowest part on a CPU).
+    """
+
+    KIND: ClassVar[str] = "plan"
+    TABLES: ClassVar[tuple[str, ...]] = ("rerank",)
+    WRITES_OUTPUT: ClassVar[bool] = False
+
+    gpus: int = 1
+    cpus_per_gpu: float = 12.0
+    gpu_hour_price: float | None = None
+    sample: int = 2000
+    seed: int = 0
+    fidelity: bool = True
+
+    def validate(self) -> PlanConfig:
+        super().validate()
+        if self.gpus < 0 or isinstance(self.gpus, bool):
+            raise ConfigError(f"gpus={self.gpus!r} must be 0 (CPU scoring) or more ({flag('gpus')})")
+        if self.cpus_per_gpu <= (self.cpus_per_actor or 1.0) and self.gpus:
+            raise ConfigError(f"cpus_per_gpu={self.cpus_per_gpu} leaves no CPU to tokenize on: the scoring actor "
+                              f"takes {self.cpus_per_actor or 1.0} of each GPU's CPUs ({flag('cpus_per_gpu')})")
+        if self.gpu_hour_price is not None and self.gpu_hour_price < 0:
+            raise ConfigError(f"gpu_hour_price={self.gpu_hour_price} must be >= 0 ({flag('gpu_hour_price')})")
+        _positive("sample", self.sample)
+        if self.seed < 0:
+            raise ConfigError(f"seed={self.seed} must be >= 0 ({flag('seed')})")
+        return self
 
 
 def _columns(value: Any) -> Columns:

@@ -10,9 +10,10 @@ from ettin_batch import ranking
 from ettin_batch.run_folder import SCORES, TOPK, RunFolder
 
 
-def write_rerank_run(folder, scores: pa.Table, *, finished: bool = True, top_k: int = 10) -> str:
+def write_rerank_run(folder, scores: pa.Table, *, finished: bool = True, top_k: int = 10, **manifest) -> str:
     """A rerank run in `folder`: `scores` (query_id, doc_id, score, ...) in scores/<group>/, each query's
-    top_k in topk/, and _SUCCESS.json only if `finished`. Returns the folder as a string."""
+    top_k in topk/, and _SUCCESS.json only if `finished` (with `manifest`'s keys added, e.g. model, dtype).
+    Returns the folder as a string."""
     run = RunFolder.open(str(folder), "rerank")
     run.check(overwrite=False)
     run.begin()
@@ -23,5 +24,6 @@ def write_rerank_run(folder, scores: pa.Table, *, finished: bool = True, top_k: 
     pq.write_table(pa.table({"query_id": best["query_id"], "rank": rank, "doc_id": best["doc_id"], "score": best["score"]}),
                    run.path(TOPK, "part-00000.parquet"))
     if finished:
-        run.finish({"counts": {"in": scores.num_rows, "scored": scores.num_rows, "rejected": 0}, "top_k": top_k})
+        run.finish({"counts": {"in": scores.num_rows, "scored": scores.num_rows, "rejected": 0}, "top_k": top_k,
+                    **manifest})
     return str(folder)

@@ -1,4 +1,4 @@
-"""The job subcommands (rerank, teacher, beir): flags -> one validated config -> the job -> its summary.
+"""The job subcommands (rerank, teacher, plan, beir): flags -> one validated config -> the job -> its summary.
 
 Every flag's default is None, so a flag given on the command line overrides the config file and an
 absent one does not; `--top-k` fills the key `top_k`.
@@ -14,7 +14,8 @@ import sys
 import warnings
 
 from ettin_batch import beir, evaluation
-from ettin_batch.config import ATTENTION_BACKENDS, COLUMN_FLAGS, DTYPES, JobConfig, RerankConfig, TeacherConfig
+from ettin_batch.config import (ATTENTION_BACKENDS, COLUMN_FLAGS, DTYPES, JobConfig, PlanConfig, RerankConfig,
+                                TeacherConfig)
 from ettin_batch.run_folder import CANDIDATES, DATA, EVAL, QRELS_PARQUET, REJECTS, RERANK, SCORES, SUCCESS, TOPK
 
 
@@ -39,14 +40,20 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
                    help="attempts per object-store call, with backoff (default $ETTIN_BATCH_S3_MAX_ATTEMPTS, else 12)")
 
 
-def _add_job_flags(p: argparse.ArgumentParser, outputs: str) -> None:
-    """The flags of every job over Parquet shards: config file, inputs, output, columns, model, cluster."""
+def _add_input_flags(p: argparse.ArgumentParser, outputs: str | None = None) -> None:
+    """The config file, the input shards, the output folder (where the command writes `outputs`), the columns."""
     p.add_argument("--config", help="YAML or TOML file with any of the settings below (flags win)")
     p.add_argument("--input", nargs="+", help="Parquet folder(s), glob(s) or file(s); local, s3://, gs://")
-    p.add_argument("--output", help=f"output folder: {outputs}")
+    if outputs:
+        p.add_argument("--output", help=f"output folder: {outputs}")
     for role, flag in COLUMN_FLAGS.items():
         p.add_argument(flag, dest=f"columns.{role}", help=f"input column holding the {role.replace('_', ' ')} "
                                                            f"(default {role})")
+
+
+def _add_job_flags(p: argparse.ArgumentParser, outputs: str) -> None:
+    """The flags of every job over Parquet shards: config file, inputs, output, columns, model, cluster."""
+    _add_input_flags(p, outputs)
     p.add_argument("--passthrough", nargs="*", help="extra input columns copied to the output")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace a finished run in --output (removed once the inputs and model check out)")
@@ -131,12 +138,45 @@ def _run_beir(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    """The rerank run's input, model and batching flags (a rerank config file works too), plus the cluster
+    to forecast it on and the sample; no output, no Ray."""
+    _add_input_flags(p)
+    _add_scoring_flags(p)
+    p.add_argument("--batch-size", type=int, help="pairs per Ray batch in the run (default 1024)")
+    p.add_argument("--cpus-per-actor", type=float, help="CPUs each scoring actor holds in the run (default 1)")
+    p.add_argument("--group-rows", type=int, help="the run's --group-rows (one model load per group)")
+    p.add_argument("--reuse", metavar="PREVIOUS_OUTPUT",
+                   help="a finished run's output folder: the share of pairs it already scored, and the incremental run")
+    p.add_argument("--gpus", type=int, help="GPUs of the run (default 1); 0 forecasts CPU scoring on this machine's cores")
+    p.add_argument("--cpus-per-gpu", type=float, help="CPUs each GPU comes with (default 12)")
+    p.add_argument("--gpu-hour-price", type=float, help="price of one GPU-hour, for the cost (any currency)")
+    p.add_argument("--sample", type=int, help="pairs to sample, time and check (default 2000)")
+    p.add_argument("--seed", type=int, help="seed of the sample (default 0)")
+    p.add_argument("--no-fidelity", dest="fidelity", action="store_false", default=None,
+                   help="skip the comparison with sentence-transformers (the slowest part on a CPU)")
+    p.add_argument("--s3-max-attempts", type=int,
+                   help="attempts per object-store call, with backoff (default $ETTIN_BATCH_S3_MAX_ATTEMPTS, else 12)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from ettin_batch.plan import plan
+
+    report = plan(job_config(PlanConfig, args))
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
+    return 0
+
+
 COMMANDS = {
     "rerank": ("score every (query, document) pair in Parquet shards; write scores and per-query top-k",
                _add_rerank_arguments, _run_rerank),
     "teacher": ("score every (query, document) pair with a teacher model; write a distillation dataset "
                 "(query, document, label = raw logit, ids) in training-sized Parquet shards",
                 _add_teacher_arguments, _run_teacher),
+    "plan": ("before a run: sample the input, time the tokenizer and the model on this machine, forecast the run's "
+             "wall time, GPU-hours and CPUs per GPU, and check the engine's scores against sentence-transformers",
+             _add_plan_arguments, _run_plan),
     "beir": ("rerank a first-stage run over a BEIR dataset (corpus.jsonl, queries.jsonl, qrels/) and evaluate "
              "it against the first-stage order, in one command", _add_beir_arguments, _run_beir),
 }

@@ -13,6 +13,11 @@ hook imitates a fault that a real run meets and must survive:
                        process: a kill at a known point, mid-batch, with batches still queued.
     crash_on_token     a forward pass over a batch holding this token id ends the process at once
                        (os._exit), as a segfault in a kernel would: every retry of that batch does too.
+    shift_encoder_output
+                       added to every value of the pooled vectors the unpadded encoder returns, before
+                       the head: a fast path that is wrong the way a faulty kernel or rotary table
+                       would be (the padded path, and sentence-transformers, stay right). What
+                       `ettin-batch plan`'s fidelity check must catch.
 
 Set them on an engine with `reranker.faults = FaultHooks(...)`. In a Ray job the scoring
 actors take them from the driver's Ray Data context (see ettin_batch.pipeline.score.FAULTS_KEY),
@@ -39,6 +44,7 @@ class FaultHooks:
     pause_marker: str | None = None
     pause_seconds: float = 300.0
     crash_on_token: int | None = None
+    shift_encoder_output: float | None = None
 
     def before_forward(self, pairs_scored: int, batch: TokenizedPairs) -> None:
         """Called at the start of each forward pass; `pairs_scored` counts the engine's finished pairs."""
@@ -55,3 +61,9 @@ class FaultHooks:
             except FileExistsError:
                 return
             time.sleep(self.pause_seconds)
+
+    def after_encoder(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Called on the unpadded encoder's pooled output [pairs, hidden]; returns what the head reads."""
+        if self.shift_encoder_output is None:
+            return pooled
+        return pooled + self.shift_encoder_output

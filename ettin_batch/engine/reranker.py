@@ -181,7 +181,10 @@ class Reranker:
         if self._encoder is None:
             return self._forward_padded(batch_pairs)
         packed = PackedBatch.from_pairs(batch_pairs, self.device)
-        features = {"sentence_embedding": self._encoder(packed)}
+        pooled = self._encoder(packed)  # [pairs, hidden]
+        if self.faults is not None:
+            pooled = self.faults.after_encoder(pooled)
+        features = {"sentence_embedding": pooled}
         for module in self._head:
             features = module(features)
         return features[SCORES_KEY].reshape(-1)

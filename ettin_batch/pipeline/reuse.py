@@ -18,6 +18,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -80,14 +81,15 @@ class Previous:
         return None
 
 
-def open_previous(reuse: str, output: RunFolder, *, s3_max_attempts: int | None = None) -> Previous:
-    """Check the --reuse folder before any work: a finished rerank run, not the output itself, with
-    fingerprints in scores/. Raises InputError naming the folder and what to do."""
+def open_previous(reuse: str, output: RunFolder | None, *, s3_max_attempts: int | None = None) -> Previous:
+    """Check the --reuse folder before any work: a finished rerank run, not the output itself (None: a
+    command that writes none, such as `plan`), with fingerprints in scores/. Raises InputError naming
+    the folder and what to do."""
     folder, entry = RunFolder.containing(reuse, s3_max_attempts=s3_max_attempts)
     if folder is None or entry is not None or folder.kind != "rerank":
         raise InputError(f"--reuse {reuse}: not the output folder of an `ettin-batch rerank` run "
                          f"(no {RECORD} or {SUCCESS} there). Point --reuse at the previous run's --output.")
-    if folder.loc.scheme == output.loc.scheme and folder.path().rstrip("/") == output.path().rstrip("/"):
+    if output is not None and folder.loc.scheme == output.loc.scheme and folder.path().rstrip("/") == output.path().rstrip("/"):
         raise InputError(f"--reuse {folder.url()} is also the --output: the run would delete what it reuses. "
                          "Write to a new folder (e.g. one per night) and reuse the previous one.")
     manifest = folder.require_finished("--reuse")
@@ -99,6 +101,21 @@ def open_previous(reuse: str, output: RunFolder, *, s3_max_attempts: int | None 
                              f"(columns: {names}); it was written before incremental runs existed. "
                              "Run once without --reuse; later runs can reuse that one.")
     return Previous(folder, manifest)
+
+
+def scored_before(prev: Previous, wanted: pa.Array) -> np.ndarray:
+    """Which of the fingerprints `wanted` (binary(16) [n]) the previous run scored: bool [n]. Streams the
+    fingerprint column of its scores/ (16 bytes a pair), keeping only the rows that match."""
+    import pyarrow.dataset as pads
+
+    files = [p for p in prev.folder.loc.fs.find(prev.folder.path(SCORES)) if p.endswith(".parquet")]
+    keys = pc.unique(wanted.drop_null()).cast(FINGERPRINT_TYPE)
+    found = [pa.array([], FINGERPRINT_TYPE)]
+    if files and len(keys):
+        data = pads.dataset(files, format="parquet", filesystem=prev.folder.loc.pa_fs)
+        for batch in data.to_batches(columns=[FINGERPRINT_COL], filter=pc.field(FINGERPRINT_COL).isin(keys)):
+            found.append(batch.column(0).cast(FINGERPRINT_TYPE))
+    return pc.is_in(wanted, value_set=pa.concat_arrays(found)).to_numpy(zero_copy_only=False).astype(bool)
 
 
 def previous_scores(prev: Previous, *, shared: bool):
