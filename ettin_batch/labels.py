@@ -183,7 +183,7 @@ def _label_by_thresholds(dataset, score_col: str, cuts: list[float], fs, paths: 
             files.write(_labels_table(batch.column(0), batch.column(1), grades, scores))
             counts += np.histogram(scores, bins=edges)[0]
             grade_counts += np.bincount(grades, minlength=len(cuts) + 1)
-    summary = {"rows": rows, "grade_counts": {str(g): int(n) for g, n in enumerate(grade_counts)}, "score_min": lo, "score_max": hi}
+    summary = _summary(rows, grade_counts, lo, hi)
     _write_histogram(fs, paths[HISTOGRAM], edges, {"all scores": counts}, cuts, summary)
     return summary
 
@@ -203,19 +203,11 @@ def _label_top_n(dataset, where: str, score_col: str, n: int, fs, paths: dict[st
     scores = table[score_col].to_numpy()
     grades = (ranking.ranks(keys["query_id"].take(order)) < n).astype(np.int32)
     labelled = _labels_table(table["query_id"], table["doc_id"], grades, scores)
-    with fs.open(paths[LABELS_PARQUET], "wb") as f:
-        pq.write_table(labelled, f)
-    with fs.open(paths[QRELS_TXT], "wt") as f:
-        _write_qrels_lines(f, labelled)
+    with _LabelFiles(fs, paths) as files:
+        files.write(labelled)
     lo, hi = float(scores.min()), float(scores.max())
     edges = _bin_edges(lo, hi, [])
-    summary = {
-        "rows": table.num_rows,
-        "queries": len(pc.unique(keys["query_id"])),
-        "grade_counts": {str(g): int(c) for g, c in enumerate(np.bincount(grades, minlength=2))},
-        "score_min": lo,
-        "score_max": hi,
-    }
+    summary = _summary(table.num_rows, np.bincount(grades, minlength=2), lo, hi, queries=len(pc.unique(keys["query_id"])))
     # Binned as stored (float32), like the Ray path, which sees only the labelled rows.
     hists = _top_n_histograms(n, edges, labelled["score"].to_numpy(), grades)
     _write_histogram(fs, paths[HISTOGRAM], edges, hists, [], summary)
@@ -223,10 +215,8 @@ def _label_top_n(dataset, where: str, score_col: str, n: int, fs, paths: dict[st
 
 
 def _top_n_histograms(n: int, edges: np.ndarray, scores: np.ndarray, grades: np.ndarray) -> dict[str, np.ndarray]:
-    return {
-        f"top {n} per query (1)": np.histogram(scores[grades == 1], bins=edges)[0],
-        "rest (0)": np.histogram(scores[grades == 0], bins=edges)[0],
-    }
+    return {f"top {n} per query (1)": np.histogram(scores[grades == 1], bins=edges)[0],
+            "rest (0)": np.histogram(scores[grades == 0], bins=edges)[0]}
 
 
 def _label_top_n_on_ray(dataset, rows: int, scores_url: str, score_col: str, n: int, fs, paths: dict[str, str],
@@ -260,19 +250,19 @@ def _label_top_n_on_ray(dataset, rows: int, scores_url: str, score_col: str, n: 
         raise InputError(f"{scores_url}: {reason}") from e
     expected = pc.sum(cutoffs["kept"]).as_py()
     if grade_counts[1] != expected:
-        raise InputError(
-            f"{scores_url}: {int(grade_counts[1]) - expected} more row(s) rank in their query's top {n} than it has "
-            f"places: some (query_id, doc_id) pair(s) appear more than once in the scores; {NEEDS_UNIQUE_PAIRS}"
-        )
-    summary = {
-        "rows": labelled_rows,
-        "queries": cutoffs.num_rows,
-        "grade_counts": {str(g): int(c) for g, c in enumerate(grade_counts)},
-        "score_min": lo,
-        "score_max": hi,
-    }
+        raise InputError(f"{scores_url}: {int(grade_counts[1]) - expected} more row(s) rank in their query's top {n} "
+                         f"than it has places: some (query_id, doc_id) pair(s) appear more than once in the scores; "
+                         f"{NEEDS_UNIQUE_PAIRS}")
+    summary = _summary(labelled_rows, grade_counts, lo, hi, queries=cutoffs.num_rows)
     _write_histogram(fs, paths[HISTOGRAM], edges, hists, [], summary)
     return summary
+
+
+def _summary(rows: int, grade_counts: np.ndarray, lo: float, hi: float, queries: int | None = None) -> dict:
+    """What _SUCCESS.json tells of the labels; `queries` for a top-N rule only."""
+    per_query = {"queries": queries} if queries is not None else {}
+    return {"rows": rows, **per_query, "grade_counts": {str(g): int(n) for g, n in enumerate(grade_counts)},
+            "score_min": lo, "score_max": hi}
 
 
 def _task_input_error(error: BaseException) -> str | None:
@@ -298,7 +288,7 @@ class _LabelFiles:
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._parquet, labelled.schema)
         self._writer.write_table(labelled)
-        _write_qrels_lines(self._qrels, labelled)
+        trec.write_qrels_lines(self._qrels, labelled["query_id"], labelled["doc_id"], labelled["relevance"])
 
     def __exit__(self, *exc) -> None:
         try:
@@ -310,18 +300,8 @@ class _LabelFiles:
 
 
 def _labels_table(query_id, doc_id, grades: np.ndarray, scores: np.ndarray) -> pa.Table:
-    return pa.table(
-        {
-            "query_id": query_id,
-            "doc_id": doc_id,
-            "relevance": pa.array(grades, pa.int32()),
-            "score": pa.array(scores.astype(np.float32), pa.float32()),
-        }
-    )
-
-
-def _write_qrels_lines(f, labelled: pa.Table) -> None:
-    trec.write_qrels_lines(f, labelled["query_id"], labelled["doc_id"], labelled["relevance"])
+    return pa.table({"query_id": query_id, "doc_id": doc_id, "relevance": pa.array(grades, pa.int32()),
+                     "score": pa.array(scores.astype(np.float32), pa.float32())})
 
 
 def _bin_edges(lo: float, hi: float, cuts: Sequence[float]) -> np.ndarray:
