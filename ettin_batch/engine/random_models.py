@@ -23,6 +23,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from ettin_batch.sample_data import WORDS
+
 from .cache import cache_dir
 from .olmo_assets import OLMO_VERSION
 
@@ -64,19 +66,12 @@ ETTIN_SHAPES: dict[str, EttinShape] = {
 }
 
 SPECIAL_TOKENS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
-_WORDS = (
-    "the of and to in is was for on that with as by at from his her are were this which be or an has have "
-    "had not but what all when can there one their who more also been two would into first time its other "
-    "after only new most some could these than may over such where year people city state world used made "
-    "water river music film school war game team season series history system data model search query "
-    "document rank score index night cluster batch token vector light energy cell protein market health"
-).split()
 
 
 def synthetic_corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
     """Deterministic English-like lines, enough for a tokenizer to learn common merges."""
     rng = random.Random(seed)
-    return [" ".join(rng.choices(_WORDS, k=rng.randint(5, 40))) for _ in range(n_lines)]
+    return [" ".join(rng.choices(WORDS, k=rng.randint(5, 40))) for _ in range(n_lines)]
 
 
 def train_tokenizer(vocab_size: int, corpus: list[str], model_max_length: int, *, token_types: bool = False):
