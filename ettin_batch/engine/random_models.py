@@ -86,30 +86,17 @@ def train_tokenizer(vocab_size: int, corpus: list[str], model_max_length: int, *
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus, trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1" if token_types else "[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        mask_token="[MASK]",
-        model_max_length=model_max_length,
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"] if token_types
-        else ["input_ids", "attention_mask"],
-    )
+    pair = "[CLS] $A [SEP] $B:1 [SEP]:1" if token_types else "[CLS] $A [SEP] $B [SEP]"
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair=pair,
+                                                       special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    inputs = ["input_ids", "token_type_ids", "attention_mask"] if token_types else ["input_ids", "attention_mask"]
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                                   pad_token="[PAD]", mask_token="[MASK]", model_max_length=model_max_length,
+                                   model_input_names=inputs)
 
 
 def save_ettin_model(folder: str | os.PathLike, shape: EttinShape, *, seed: int = 0, corpus: list[str] | None = None,
@@ -161,20 +148,11 @@ def _encoder_config(shape: EttinShape, tokenizer):
     from transformers import ModernBertConfig
 
     return ModernBertConfig(
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        local_attention=shape.local_attention,
-        global_attn_every_n_layers=shape.global_every,
-        max_position_embeddings=shape.max_positions,
-        pad_token_id=tokenizer.pad_token_id,
-        cls_token_id=tokenizer.cls_token_id,
-        sep_token_id=tokenizer.sep_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-    )
+        vocab_size=shape.vocab_size, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, local_attention=shape.local_attention,
+        global_attn_every_n_layers=shape.global_every, max_position_embeddings=shape.max_positions,
+        pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
 
 
 def _random_encoder(config, seed: int, dtype, std: float = 0.02):

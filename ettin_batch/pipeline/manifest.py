@@ -6,6 +6,7 @@ incomplete run.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import platform
 import time
@@ -88,7 +89,7 @@ def build_manifest(run, counts: dict, **extra) -> dict:
         "input": {"paths": list(config.input), "files": len(run.plan.files),
                   "columns": dict(zip(("query_id", "query", "doc_id", "document"), config.columns.required())),
                   "passthrough": run.plan.passthrough},
-        "actors": run.resources.as_dict(),
+        "actors": dataclasses.asdict(run.resources),
         "started_at": run.started_at.isoformat(),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "versions": {"ettin_batch": __version__, "ray": ray.__version__, "python": platform.python_version()},

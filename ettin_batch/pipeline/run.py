@@ -46,9 +46,6 @@ class Resources:
     device: str
     threads: int | None  # torch threads in a CPU actor
 
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
 
 def plan_resources(config: JobConfig, cluster: dict) -> Resources:
     """One actor per `gpus_per_actor` GPUs; without GPUs, CPU actors that leave room for the CPU tasks."""
