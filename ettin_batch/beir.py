@@ -236,9 +236,11 @@ def _text(raw: bytes, path: str, lineno: int) -> str:
 _ID_PREFIX = re.compile(rb'\{\s*"_id"\s*:\s*"([^"\\]*)"')
 
 
-def _jsonl_records(path: str, what: str, needed: set[str], s3_max_attempts: int | None = None):
-    """Yield (line number, id, record) for the lines of a BEIR .jsonl file whose `_id` is in `needed`."""
+def _jsonl_records(path: str, what: str, noun: str, needed: set[str], s3_max_attempts: int | None = None):
+    """Yield (line number, id, record) for the lines of a BEIR .jsonl file whose `_id` is in `needed`;
+    such an id defined twice is an error naming the `noun` and both lines."""
     wanted = {i.encode("utf-8") for i in needed}
+    first: dict[str, int] = {}
     with _open(path, what, s3_max_attempts) as f:
         for lineno, raw in enumerate(f, start=1):
             m = _ID_PREFIX.match(raw)
@@ -253,8 +255,12 @@ def _jsonl_records(path: str, what: str, needed: set[str], s3_max_attempts: int 
             if not isinstance(record, dict) or record.get("_id") is None:
                 raise InputError(f"{path}:{lineno}: a {what} line is a JSON object with an \"_id\"")
             doc_id = str(record["_id"])
-            if doc_id in needed:
-                yield lineno, doc_id, record
+            if doc_id not in needed:
+                continue
+            if doc_id in first:
+                raise InputError(f"{path}:{lineno}: {noun} {doc_id!r} is defined again (first at line {first[doc_id]})")
+            first[doc_id] = lineno
+            yield lineno, doc_id, record
 
 
 def _text_field(record: dict, key: str, path: str, lineno: int) -> str:
@@ -269,26 +275,19 @@ def _text_field(record: dict, key: str, path: str, lineno: int) -> str:
 def read_queries(path: str, needed: set[str], s3_max_attempts: int | None = None) -> dict[str, str]:
     """Query id -> text for the ids in `needed`, from queries.jsonl (`_id`, `text`)."""
     found: dict[str, str] = {}
-    lines: dict[str, int] = {}
-    for lineno, qid, record in _jsonl_records(path, "query", needed, s3_max_attempts):
-        if qid in found:
-            raise InputError(f"{path}:{lineno}: query {qid!r} is defined again (first at line {lines[qid]})")
+    for lineno, qid, record in _jsonl_records(path, "query", "query", needed, s3_max_attempts):
         if not isinstance(record.get("text"), str):
             raise InputError(f"{path}:{lineno}: query {qid!r} has no \"text\" string")
-        found[qid], lines[qid] = record["text"], lineno
+        found[qid] = record["text"]
     return found
 
 
 def read_corpus(path: str, needed: set[str], s3_max_attempts: int | None = None) -> dict[str, str]:
     """Document id -> `(title + " " + text).strip()` for the ids in `needed`, in one pass over corpus.jsonl."""
     found: dict[str, str] = {}
-    lines: dict[str, int] = {}
-    for lineno, doc_id, record in _jsonl_records(path, "corpus", needed, s3_max_attempts):
-        if doc_id in found:
-            raise InputError(f"{path}:{lineno}: document {doc_id!r} is defined again "
-                                 f"(first at line {lines[doc_id]})")
+    for lineno, doc_id, record in _jsonl_records(path, "corpus", "document", needed, s3_max_attempts):
         title, text = _text_field(record, "title", path, lineno), _text_field(record, "text", path, lineno)
-        found[doc_id], lines[doc_id] = (title + " " + text).strip(), lineno
+        found[doc_id] = (title + " " + text).strip()
     return found
 
 

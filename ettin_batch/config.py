@@ -216,9 +216,7 @@ class JobConfig(_Checked):
         try:
             config = cls.from_dict(data)
             config.check_types()
-        except TypeError as e:
-            raise ConfigError(f"config file {path}: {e}") from None
-        except ConfigError as e:
+        except (TypeError, ConfigError) as e:
             raise ConfigError(f"config file {path}: {e}") from None
         return config
 

@@ -76,9 +76,7 @@ def parse_metric(name: str) -> Metric:
     text = name.strip().lower()
     m = re.fullmatch(r"(ndcg|map|recall|p|mrr)(?:@(\d+))?", text)
     if m is None or (m.group(2) is not None and int(m.group(2)) < 1):
-        raise ConfigError(
-            f"unknown metric {name!r}; use ndcg, ndcg@k, map, map@k, recall@k, p@k, mrr or mrr@k (k >= 1)"
-        )
+        raise ConfigError(f"unknown metric {name!r}; use ndcg, ndcg@k, map, map@k, recall@k, p@k, mrr or mrr@k (k >= 1)")
     base, k = m.group(1), m.group(2)
     if base == "mrr":
         return Metric(text, "recip_rank", "recip_rank", int(k) if k else None)
@@ -101,28 +99,26 @@ def read_qrels(qrels: str | pa.Table, *, s3_max_attempts: int | None = None) -> 
     with the count and an example; a null id or grade too. A file that is not what its
     name says (binary, compressed, a cut-short Parquet file) is an InputError naming it.
     """
-    where = qrels if isinstance(qrels, str) else "qrels table"
-    if isinstance(qrels, str) and not trec.is_parquet(qrels, s3_max_attempts=s3_max_attempts):
-        return trec.read_trec_qrels(qrels)
-    if isinstance(qrels, str):
-        table = trec.read_parquet_columns(qrels, ["query_id", "doc_id", "relevance"], "qrels",
-                                          s3_max_attempts=s3_max_attempts)
+    columns = ["query_id", "doc_id", "relevance"]
+    if isinstance(qrels, pa.Table):
+        where, table = "qrels table", _select(qrels, columns, "qrels table")
+    elif trec.is_parquet(qrels, s3_max_attempts=s3_max_attempts):
+        where, table = qrels, trec.read_parquet_columns(qrels, columns, "qrels", s3_max_attempts=s3_max_attempts)
     else:
-        missing = [c for c in ("query_id", "doc_id", "relevance") if c not in qrels.column_names]
-        if missing:
-            raise InputError(f"qrels table needs column(s) {missing}; found {qrels.column_names}")
-        table = qrels.select(["query_id", "doc_id", "relevance"])
-    for col in ("query_id", "doc_id", "relevance"):
+        return trec.read_trec_qrels(qrels)
+    for col in columns:
         nulls = table[col].null_count
         if nulls:
             raise InputError(f"{where}: {nulls} row(s) have a null {col}")
-    return pa.table(
-        {
-            "query_id": trec.ids_as_strings(table["query_id"]),
-            "doc_id": trec.ids_as_strings(table["doc_id"]),
-            "relevance": _integer_grades(table["relevance"], where),
-        }
-    )
+    return pa.table({"query_id": trec.ids_as_strings(table["query_id"]), "doc_id": trec.ids_as_strings(table["doc_id"]),
+                     "relevance": _integer_grades(table["relevance"], where)})
+
+
+def _select(table: pa.Table, columns: list[str], what: str) -> pa.Table:
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise InputError(f"{what} needs column(s) {missing}; found {table.column_names}")
+    return table.select(columns)
 
 
 def _integer_grades(col: pa.ChunkedArray, where: str) -> pa.ChunkedArray:
@@ -137,10 +133,8 @@ def _integer_grades(col: pa.ChunkedArray, where: str) -> pa.ChunkedArray:
     else:
         raise InputError(f"{where}: relevance must hold integer grades, got type {col.type}")
     if bad.any():
-        raise InputError(
-            f"{where}: {int(bad.sum())} relevance value(s) are not integer grades "
-            f"(first: {values[bad][0]!r}); pytrec_eval accepts integers only"
-        )
+        raise InputError(f"{where}: {int(bad.sum())} relevance value(s) are not integer grades "
+                         f"(first: {values[bad][0]!r}); pytrec_eval accepts integers only")
     return pa.chunked_array([pa.array([int(float(v)) for v in values], pa.int64())])
 
 
@@ -162,30 +156,22 @@ def read_run(run: str | pa.Table, score_col: str = "score", baseline_col: str | 
     """
     columns = ["query_id", "doc_id", score_col] + ([baseline_col] if baseline_col else [])
     if isinstance(run, pa.Table):
-        missing = [c for c in columns if c not in run.column_names]
-        if missing:
-            raise InputError(f"run table needs column(s) {missing}; found {run.column_names}")
-        table = run.select(columns)
+        table = _select(run, columns, "run table")
     elif trec.is_parquet(run, s3_max_attempts=s3_max_attempts):
         run = trec.run_parquet(run, "--run", allow_unfinished=allow_unfinished, s3_max_attempts=s3_max_attempts)
         table = trec.read_parquet_columns(run, columns, "the run", s3_max_attempts=s3_max_attempts)
     else:
         if baseline_col:
-            raise InputError(
-                f"{run}: a TREC run file has one score per line, so there is no {baseline_col!r} column; "
-                "point --run at the job's scores/ folder, which keeps pass-through columns"
-            )
+            raise InputError(f"{run}: a TREC run file has one score per line, so there is no {baseline_col!r} column; "
+                             "point --run at the job's scores/ folder, which keeps pass-through columns")
         table = trec.read_trec_run(run)
         score_col = "score"
     for col in [score_col] + ([baseline_col] if baseline_col else []):
         kind = table[col].type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
             raise InputError(f"run column {col!r} must be numeric to rank by, got type {kind}")
-    out = {
-        "query_id": trec.ids_as_strings(table["query_id"]),
-        "doc_id": trec.ids_as_strings(table["doc_id"]),
-        "score": pc.cast(table[score_col], pa.float64()),
-    }
+    out = {"query_id": trec.ids_as_strings(table["query_id"]), "doc_id": trec.ids_as_strings(table["doc_id"]),
+           "score": pc.cast(table[score_col], pa.float64())}
     if baseline_col:
         out[baseline_col] = pc.cast(table[baseline_col], pa.float64())
     return pa.table(out)
@@ -201,19 +187,15 @@ def _warn(messages: list[str], text: str) -> None:
 
 def _dedupe_qrels(qrels: pa.Table, notes: list[str]) -> pa.Table:
     """Identical duplicate judgments are dropped with a warning; conflicting grades are an error."""
-    counts = qrels.group_by(["query_id", "doc_id"]).aggregate(
-        [("relevance", "count"), ("relevance", "min"), ("relevance", "max")]
-    )
+    counts = qrels.group_by(["query_id", "doc_id"]).aggregate([("relevance", "min"), ("relevance", "max")])
     if counts.num_rows == qrels.num_rows:
         return qrels
     conflicts = counts.filter(pc.not_equal(counts["relevance_min"], counts["relevance_max"]))
     if conflicts.num_rows:
         first = conflicts.slice(0, 1).to_pylist()[0]
-        raise InputError(
-            f"qrels: {conflicts.num_rows} (query_id, doc_id) pair(s) are judged more than once with different grades "
-            f"(first: query {first['query_id']!r}, doc {first['doc_id']!r}, grades {first['relevance_min']}..{first['relevance_max']}); "
-            "keep one grade per pair"
-        )
+        raise InputError(f"qrels: {conflicts.num_rows} (query_id, doc_id) pair(s) are judged more than once with "
+                         f"different grades (first: query {first['query_id']!r}, doc {first['doc_id']!r}, grades "
+                         f"{first['relevance_min']}..{first['relevance_max']}); keep one grade per pair")
     _warn(notes, f"qrels: {qrels.num_rows - counts.num_rows} duplicate judgment(s) with the same grade were dropped")
     return counts.select(["query_id", "doc_id", "relevance_min"]).rename_columns(["query_id", "doc_id", "relevance"])
 
@@ -238,23 +220,13 @@ def _check_run(run: pa.Table, cols: list[str], notes: list[str]) -> pa.Table:
 # ---------------------------------------------------------------- scoring
 
 
-def _qrels_dict(qrels: pa.Table) -> dict[str, dict[str, int]]:
-    qrels = qrels.take(pc.sort_indices(qrels, sort_keys=[("query_id", "ascending")]))
-    starts = ranking.group_starts(qrels["query_id"])
-    qids = qrels["query_id"].to_pylist()
-    docs = qrels["doc_id"].to_pylist()
-    rels = qrels["relevance"].to_pylist()
-    return {qids[s]: dict(zip(docs[s:e], rels[s:e])) for s, e in zip(starts[:-1], starts[1:])}
-
-
-def _run_dict(run: pa.Table, score_col: str) -> dict[str, dict[str, float]]:
-    """{query: {doc: score}}; a doc_id seen twice in a query collapses to one entry (see `_metric_means`)."""
-    table = run.take(pc.sort_indices(run, sort_keys=[("query_id", "ascending")]))
-    starts = ranking.group_starts(table["query_id"])
-    qids = table["query_id"].to_pylist()
-    docs = table["doc_id"].to_pylist()
-    scores = table[score_col].to_pylist()
-    return {qids[s]: dict(zip(docs[s:e], scores[s:e])) for s, e in zip(starts[:-1].tolist(), starts[1:].tolist())}
+def _by_query(table: pa.Table, value_col: str) -> dict[str, dict]:
+    """{query: {doc: value}}, as pytrec_eval takes qrels and runs; a doc_id seen twice in a query collapses
+    to one entry (see `_metric_means`)."""
+    table = table.take(pc.sort_indices(table, sort_keys=[("query_id", "ascending")]))
+    starts = ranking.group_starts(table["query_id"]).tolist()
+    qids, docs, values = (table[col].to_pylist() for col in ("query_id", "doc_id", value_col))
+    return {qids[s]: dict(zip(docs[s:e], values[s:e])) for s, e in zip(starts[:-1], starts[1:])}
 
 
 # pytrec_eval takes Python dicts, which cost about 300 bytes a run pair and as much again a
@@ -292,12 +264,12 @@ def _metric_means(judged: pa.Table, run: pa.Table, score_col: str, metrics: list
     measures = {m.measure for m in metrics}
     values: dict[str, list[np.ndarray]] = {m.name: [] for m in metrics}
     for qrels_part, run_part in _query_chunks(judged, run, EVAL_CHUNK_PAIRS):
-        run_dict = _run_dict(run_part, score_col)
+        run_dict = _by_query(run_part, score_col)
         # A doc_id seen twice in a query collapses to one dict entry (the last score wins in
         # pytrec_eval), so fewer entries than rows means duplicates: cheaper than a group_by up front.
         if sum(map(len, run_dict.values())) != run_part.num_rows:
             ranking.refuse_repeated_pairs(run, "run", "a run must score each pair once")
-        per_query = pytrec_eval.RelevanceEvaluator(_qrels_dict(qrels_part), measures).evaluate(run_dict)
+        per_query = pytrec_eval.RelevanceEvaluator(_by_query(qrels_part, "relevance"), measures).evaluate(run_dict)
         del run_dict
         for m in metrics:
             values[m.name].append(np.array([v[m.key] for v in per_query.values()], dtype=np.float64))
@@ -371,27 +343,20 @@ def _common_queries(judged: pa.Table, run: pa.Table, notes: list[str]) -> tuple[
     judged_qids = pc.unique(judged["query_id"])
     common = pc.filter(run_qids, pc.is_in(run_qids, value_set=judged_qids))
     if len(common) == 0:
-        raise InputError(
-            f"the run ({len(run_qids)} queries) and the qrels ({len(judged_qids)} queries) share no query_id; "
-            f"run ids look like {run_qids[:3].to_pylist()}, qrels ids like {judged_qids[:3].to_pylist()}"
-        )
+        raise InputError(f"the run ({len(run_qids)} queries) and the qrels ({len(judged_qids)} queries) share no "
+                         f"query_id; run ids look like {run_qids[:3].to_pylist()}, qrels ids like "
+                         f"{judged_qids[:3].to_pylist()}")
     if len(common) < len(run_qids):
         _warn(notes, f"{len(run_qids) - len(common)} of {len(run_qids)} run queries have no judgments and are skipped")
     if len(common) < len(judged_qids):
-        _warn(
-            notes,
-            f"{len(judged_qids) - len(common)} of {len(judged_qids)} judged queries are not in the run and are skipped "
-            "(pytrec_eval's default; they are not counted as 0)",
-        )
+        _warn(notes, f"{len(judged_qids) - len(common)} of {len(judged_qids)} judged queries are not in the run and "
+                     "are skipped (pytrec_eval's default; they are not counted as 0)")
     judged = judged.filter(pc.is_in(judged["query_id"], value_set=common))
     run = run.filter(pc.is_in(run["query_id"], value_set=common))
     relevant = pc.unique(judged.filter(pc.greater(judged["relevance"], 0))["query_id"])
     if len(relevant) < len(common):
-        _warn(
-            notes,
-            f"{len(common) - len(relevant)} of {len(common)} evaluated queries have no relevant document; "
-            "they score 0 on every metric and count in the mean, as in pytrec_eval",
-        )
+        _warn(notes, f"{len(common) - len(relevant)} of {len(common)} evaluated queries have no relevant document; "
+                     "they score 0 on every metric and count in the mean, as in pytrec_eval")
     return judged, run
 
 

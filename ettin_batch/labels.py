@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from ettin_batch import __version__, ranking, storage, trec
 from ettin_batch.errors import ConfigError, InputError
 from ettin_batch.pipeline.top_n_labels import NEEDS_UNIQUE_PAIRS
-from ettin_batch.run_folder import HISTOGRAM, LABELS_PARQUET, QRELS_TXT, SCORES, RunFolder
+from ettin_batch.run_folder import HISTOGRAM, LABELS_PARQUET, LAYOUT, QRELS_TXT, SCORES, RunFolder
 
 HISTOGRAM_BINS = 100
 
@@ -117,19 +117,19 @@ def backfill_labels(
     folder = RunFolder.open(output, "labels", s3_max_attempts=s3_max_attempts)
     folder.check(overwrite=overwrite, inputs=[source])
     folder.begin()
-    fs, paths = folder.loc.fs, {name: folder.path(name) for name in (QRELS_TXT, LABELS_PARQUET, HISTOGRAM)}
     with trec.reading_parquet(source):
         if cuts is not None:
-            summary = _label_by_thresholds(dataset, score_col, cuts, fs, paths)
+            summary = _label_by_thresholds(dataset, score_col, cuts, folder)
         elif rows <= TOP_N_IN_PROCESS_ROWS:
-            summary = _label_top_n(dataset, source, score_col, int(top_n_relevant), fs, paths)
+            summary = _label_top_n(dataset, source, score_col, int(top_n_relevant), folder)
         else:
-            summary = _label_top_n_on_ray(dataset, rows, source, score_col, int(top_n_relevant), fs, paths, address,
+            summary = _label_top_n_on_ray(dataset, rows, source, score_col, int(top_n_relevant), folder, address,
                                           s3_max_attempts)
     folder.finish({SCORES: scores_path, "mode": "thresholds" if cuts is not None else "top_n_relevant",
                    "thresholds": cuts, "top_n_relevant": top_n_relevant, **summary,
                    # as the user spelled them, s3:// included
-                   "files": {name: f"{output.rstrip('/')}/{name}" for name in paths}, "version": __version__})
+                   "files": {name: f"{output.rstrip('/')}/{name}" for name in LAYOUT["labels"]},
+                   "version": __version__})
     return folder.manifest()
 
 
@@ -161,7 +161,7 @@ def _check_scores(scores: np.ndarray, where: str) -> None:
         raise InputError(f"{where}: {bad} row(s) have a null, NaN or infinite score; drop them before labelling")
 
 
-def _label_by_thresholds(dataset, score_col: str, cuts: list[float], fs, paths: dict[str, str]) -> dict:
+def _label_by_thresholds(dataset, score_col: str, cuts: list[float], folder: RunFolder) -> dict:
     # Pass 1: the score range, so the histogram's bins are fixed before pass 2 streams.
     lo, hi, rows = np.inf, -np.inf, 0
     for batch in dataset.to_batches(columns=[score_col]):
@@ -176,19 +176,19 @@ def _label_by_thresholds(dataset, score_col: str, cuts: list[float], fs, paths: 
     grade_counts = np.zeros(len(cuts) + 1, np.int64)
 
     # Pass 2: grade, write both formats and fill the histogram, one batch at a time.
-    with _LabelFiles(fs, paths) as files:
+    with _LabelFiles(folder) as files:
         for batch in dataset.to_batches(columns=["query_id", "doc_id", score_col]):
             scores = batch.column(2).to_numpy(zero_copy_only=False)
             grades = grade_by_thresholds(scores, cuts)
             files.write(_labels_table(batch.column(0), batch.column(1), grades, scores))
             counts += np.histogram(scores, bins=edges)[0]
             grade_counts += np.bincount(grades, minlength=len(cuts) + 1)
-    summary = {"rows": rows, "grade_counts": {str(g): int(n) for g, n in enumerate(grade_counts)}, "score_min": lo, "score_max": hi}
-    _write_histogram(fs, paths[HISTOGRAM], edges, {"all scores": counts}, cuts, summary)
+    summary = _summary(rows, grade_counts, lo, hi)
+    _write_histogram(folder, edges, {"all scores": counts}, cuts, summary)
     return summary
 
 
-def _label_top_n(dataset, where: str, score_col: str, n: int, fs, paths: dict[str, str]) -> dict:
+def _label_top_n(dataset, where: str, score_col: str, n: int, folder: RunFolder) -> dict:
     table = dataset.to_table(columns=["query_id", "doc_id", score_col])
     if table.num_rows == 0:
         raise InputError("no scores to label: the input has no rows")
@@ -203,33 +203,24 @@ def _label_top_n(dataset, where: str, score_col: str, n: int, fs, paths: dict[st
     scores = table[score_col].to_numpy()
     grades = (ranking.ranks(keys["query_id"].take(order)) < n).astype(np.int32)
     labelled = _labels_table(table["query_id"], table["doc_id"], grades, scores)
-    with fs.open(paths[LABELS_PARQUET], "wb") as f:
-        pq.write_table(labelled, f)
-    with fs.open(paths[QRELS_TXT], "wt") as f:
-        _write_qrels_lines(f, labelled)
+    with _LabelFiles(folder) as files:
+        files.write(labelled)
     lo, hi = float(scores.min()), float(scores.max())
     edges = _bin_edges(lo, hi, [])
-    summary = {
-        "rows": table.num_rows,
-        "queries": len(pc.unique(keys["query_id"])),
-        "grade_counts": {str(g): int(c) for g, c in enumerate(np.bincount(grades, minlength=2))},
-        "score_min": lo,
-        "score_max": hi,
-    }
+    queries = len(pc.unique(keys["query_id"]))
+    summary = _summary(table.num_rows, np.bincount(grades, minlength=2), lo, hi, queries=queries)
     # Binned as stored (float32), like the Ray path, which sees only the labelled rows.
     hists = _top_n_histograms(n, edges, labelled["score"].to_numpy(), grades)
-    _write_histogram(fs, paths[HISTOGRAM], edges, hists, [], summary)
+    _write_histogram(folder, edges, hists, [], summary)
     return summary
 
 
 def _top_n_histograms(n: int, edges: np.ndarray, scores: np.ndarray, grades: np.ndarray) -> dict[str, np.ndarray]:
-    return {
-        f"top {n} per query (1)": np.histogram(scores[grades == 1], bins=edges)[0],
-        "rest (0)": np.histogram(scores[grades == 0], bins=edges)[0],
-    }
+    return {f"top {n} per query (1)": np.histogram(scores[grades == 1], bins=edges)[0],
+            "rest (0)": np.histogram(scores[grades == 0], bins=edges)[0]}
 
 
-def _label_top_n_on_ray(dataset, rows: int, scores_url: str, score_col: str, n: int, fs, paths: dict[str, str],
+def _label_top_n_on_ray(dataset, rows: int, scores_url: str, score_col: str, n: int, folder: RunFolder,
                         address: str | None, s3_max_attempts: int | None) -> dict:
     """The same labels as `_label_top_n`, for inputs too large for one process (see the module docstring)."""
     from ettin_batch.pipeline import top_n_labels as plan
@@ -245,7 +236,7 @@ def _label_top_n_on_ray(dataset, rows: int, scores_url: str, score_col: str, n: 
             edges = _bin_edges(lo, hi, [])
             hists: dict[str, np.ndarray] = {}
             grade_counts, labelled_rows = np.zeros(2, np.int64), 0
-            with _LabelFiles(fs, paths) as out:
+            with _LabelFiles(folder) as out:
                 for labelled in plan.labelled_batches(files, filesystem, cutoffs, score_col):
                     out.write(labelled)
                     grades = labelled["relevance"].to_numpy()
@@ -260,19 +251,19 @@ def _label_top_n_on_ray(dataset, rows: int, scores_url: str, score_col: str, n: 
         raise InputError(f"{scores_url}: {reason}") from e
     expected = pc.sum(cutoffs["kept"]).as_py()
     if grade_counts[1] != expected:
-        raise InputError(
-            f"{scores_url}: {int(grade_counts[1]) - expected} more row(s) rank in their query's top {n} than it has "
-            f"places: some (query_id, doc_id) pair(s) appear more than once in the scores; {NEEDS_UNIQUE_PAIRS}"
-        )
-    summary = {
-        "rows": labelled_rows,
-        "queries": cutoffs.num_rows,
-        "grade_counts": {str(g): int(c) for g, c in enumerate(grade_counts)},
-        "score_min": lo,
-        "score_max": hi,
-    }
-    _write_histogram(fs, paths[HISTOGRAM], edges, hists, [], summary)
+        raise InputError(f"{scores_url}: {int(grade_counts[1]) - expected} more row(s) rank in their query's top {n} "
+                         f"than it has places: some (query_id, doc_id) pair(s) appear more than once in the scores; "
+                         f"{NEEDS_UNIQUE_PAIRS}")
+    summary = _summary(labelled_rows, grade_counts, lo, hi, queries=cutoffs.num_rows)
+    _write_histogram(folder, edges, hists, [], summary)
     return summary
+
+
+def _summary(rows: int, grade_counts: np.ndarray, lo: float, hi: float, queries: int | None = None) -> dict:
+    """What _SUCCESS.json tells of the labels; `queries` for a top-N rule only."""
+    per_query = {"queries": queries} if queries is not None else {}
+    return {"rows": rows, **per_query, "grade_counts": {str(g): int(n) for g, n in enumerate(grade_counts)},
+            "score_min": lo, "score_max": hi}
 
 
 def _task_input_error(error: BaseException) -> str | None:
@@ -285,20 +276,19 @@ def _task_input_error(error: BaseException) -> str | None:
 class _LabelFiles:
     """labels.parquet and qrels.txt, written batch by batch from labelled tables (see `_labels_table`)."""
 
-    def __init__(self, fs, paths: dict[str, str]):
-        self._fs, self._paths = fs, paths
-        self._writer = None
+    def __init__(self, folder: RunFolder):
+        self._folder, self._writer = folder, None
 
     def __enter__(self) -> _LabelFiles:
-        self._qrels = self._fs.open(self._paths[QRELS_TXT], "wt")
-        self._parquet = self._fs.open(self._paths[LABELS_PARQUET], "wb")
+        self._qrels = self._folder.loc.fs.open(self._folder.path(QRELS_TXT), "wt")
+        self._parquet = self._folder.loc.fs.open(self._folder.path(LABELS_PARQUET), "wb")
         return self
 
     def write(self, labelled: pa.Table) -> None:
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._parquet, labelled.schema)
         self._writer.write_table(labelled)
-        _write_qrels_lines(self._qrels, labelled)
+        trec.write_qrels_lines(self._qrels, labelled["query_id"], labelled["doc_id"], labelled["relevance"])
 
     def __exit__(self, *exc) -> None:
         try:
@@ -310,18 +300,8 @@ class _LabelFiles:
 
 
 def _labels_table(query_id, doc_id, grades: np.ndarray, scores: np.ndarray) -> pa.Table:
-    return pa.table(
-        {
-            "query_id": query_id,
-            "doc_id": doc_id,
-            "relevance": pa.array(grades, pa.int32()),
-            "score": pa.array(scores.astype(np.float32), pa.float32()),
-        }
-    )
-
-
-def _write_qrels_lines(f, labelled: pa.Table) -> None:
-    trec.write_qrels_lines(f, labelled["query_id"], labelled["doc_id"], labelled["relevance"])
+    return pa.table({"query_id": query_id, "doc_id": doc_id, "relevance": pa.array(grades, pa.int32()),
+                     "score": pa.array(scores.astype(np.float32), pa.float32())})
 
 
 def _bin_edges(lo: float, hi: float, cuts: Sequence[float]) -> np.ndarray:
@@ -332,7 +312,8 @@ def _bin_edges(lo: float, hi: float, cuts: Sequence[float]) -> np.ndarray:
     return np.linspace(lo, hi, HISTOGRAM_BINS + 1)
 
 
-def _write_histogram(fs, path: str, edges: np.ndarray, hists: dict[str, np.ndarray], cuts: Sequence[float], summary: dict) -> None:
+def _write_histogram(folder: RunFolder, edges: np.ndarray, hists: dict[str, np.ndarray], cuts: Sequence[float],
+                     summary: dict) -> None:
     # Lazy: matplotlib costs ~0.5 s to import and only this step needs it. Figure without
     # pyplot keeps the caller's backend and global state untouched.
     from matplotlib.figure import Figure
@@ -356,5 +337,5 @@ def _write_histogram(fs, path: str, edges: np.ndarray, hists: dict[str, np.ndarr
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    with fs.open(path, "wb") as f:
+    with folder.loc.fs.open(folder.path(HISTOGRAM), "wb") as f:
         f.write(buf.getvalue())

@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import logging
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ettin_batch import storage
 from ettin_batch.errors import InputError, OutputError
@@ -83,6 +87,20 @@ class RunFolder:
     def manifest(self) -> dict | None:
         """The finished run's _SUCCESS.json, or None."""
         return self.read_json(SUCCESS)
+
+    def parquet_files(self, *parts: str) -> list[str]:
+        """The Parquet files under an entry (paths in this filesystem); none when it does not exist."""
+        if not self.exists(*parts):
+            return []
+        return [p for p in self.loc.fs.find(self.path(*parts)) if p.endswith(".parquet")]
+
+    def count_rows(self, *parts: str) -> int:
+        """Rows in every Parquet file under an entry (footers only); 0 when it does not exist."""
+        files = self.parquet_files(*parts)
+        if not files:
+            return 0
+        with ThreadPoolExecutor(max_workers=min(32, len(files))) as pool:
+            return sum(pool.map(lambda p: pq.read_metadata(p, filesystem=self.loc.pa_fs).num_rows, files))
 
     # --- before a run ------------------------------------------------------------------------------
 
@@ -180,6 +198,11 @@ class RunFolder:
         if not self.exists(DONE):
             return set()
         return {p.rsplit("/", 1)[-1].removesuffix(".json") for p in self.loc.fs.find(self.path(DONE))}
+
+    def write_empty(self, entry: str, schema: pa.Schema) -> None:
+        """One empty file in `entry`, so that a run that wrote no rows there keeps its layout and schema."""
+        self.loc.pa_fs.create_dir(self.path(entry), recursive=True)
+        pq.write_table(schema.empty_table(), self.path(entry, "empty.parquet"), filesystem=self.loc.pa_fs)
 
     def remove(self, *parts: str) -> None:
         """Remove an entry of this run (e.g. an unfinished group's partial files)."""

@@ -15,13 +15,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-_VOCAB = np.array((
+# Common English words, and some of this domain's; random:ettin-tiny's tokenizer is trained on them too.
+WORDS = (
     "the of and to in is was for on that with as by at from his her are were this which be or an has have "
     "had not but what all when can there one their who more also been two would into first time its other "
     "after only new most some could these than may over such where year people city state world used made "
     "water river music film school war game team season series history system data model search query "
     "document rank score index night cluster batch token vector light energy cell protein market health"
-).split())
+).split()
 
 SCHEMA = pa.schema([("query_id", pa.int64()), ("query", pa.string()), ("doc_id", pa.string()),
                     ("document", pa.string()), ("source", pa.string())])
@@ -29,7 +30,7 @@ SCHEMA = pa.schema([("query_id", pa.int64()), ("query", pa.string()), ("doc_id",
 
 def _texts(rng: np.random.Generator, n: int, min_words: int, max_words: int) -> list[str]:
     lengths = rng.integers(min_words, max_words + 1, n)
-    words = rng.choice(_VOCAB, int(lengths.sum()))
+    words = rng.choice(np.array(WORDS), int(lengths.sum()))
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     return [" ".join(words[bounds[i]:bounds[i + 1]]) for i in range(n)]
 

@@ -23,6 +23,7 @@ from ettin_batch import storage
 from ettin_batch.errors import InputError
 from ettin_batch.run_folder import SCORES, RunFolder
 
+
 def is_parquet(path: str, *, s3_max_attempts: int | None = None) -> bool:
     """True for a Parquet file or a folder (of Parquet files); False for a text file."""
     loc = storage.resolve(path, s3_max_attempts=s3_max_attempts)
@@ -169,26 +170,17 @@ def read_trec_qrels(path: str) -> pa.Table:
     qids, docs, rels = [], [], []
     for lineno, fields in _qrels_lines(path):
         if len(fields) != 4:
-            raise InputError(
-                f"{path}:{lineno}: a qrels line has 4 fields (query_id iteration doc_id relevance), "
-                f"got {len(fields)}: {_shown(fields)!r}"
-            )
+            raise InputError(f"{path}:{lineno}: a qrels line has 4 fields (query_id iteration doc_id relevance), "
+                             f"got {len(fields)}: {_shown(fields)!r}")
         try:
             rel = int(fields[3])
         except ValueError:
-            raise InputError(
-                f"{path}:{lineno}: relevance must be an integer grade, got {_shown(fields[3:])!r}"
-            ) from None
+            raise InputError(f"{path}:{lineno}: relevance must be an integer grade, got {_shown(fields[3:])!r}") from None
         qids.append(fields[0])
         docs.append(fields[2])
         rels.append(rel)
-    return pa.table(
-        {
-            "query_id": _strings(qids, path, _qrels_lines),
-            "doc_id": _strings(docs, path, _qrels_lines),
-            "relevance": pa.array(rels, pa.int64()),
-        }
-    )
+    return pa.table({"query_id": _strings(qids, path, _qrels_lines), "doc_id": _strings(docs, path, _qrels_lines),
+                     "relevance": pa.array(rels, pa.int64())})
 
 
 def read_trec_run(path: str) -> pa.Table:
@@ -204,10 +196,8 @@ def read_trec_run(path: str) -> pa.Table:
     qids, docs, scores = [], [], []
     for lineno, fields in run_lines(path):
         if len(fields) < 6:
-            raise InputError(
-                f"{path}:{lineno}: a run line has at least 6 fields (query_id Q0 doc_id rank score tag), "
-                f"got {len(fields)}: {_shown(fields)!r}"
-            )
+            raise InputError(f"{path}:{lineno}: a run line has at least 6 fields (query_id Q0 doc_id rank score tag), "
+                             f"got {len(fields)}: {_shown(fields)!r}")
         try:
             score = float(fields[4])
         except ValueError:
@@ -215,13 +205,8 @@ def read_trec_run(path: str) -> pa.Table:
         qids.append(fields[0])
         docs.append(fields[2])
         scores.append(score)
-    return pa.table(
-        {
-            "query_id": _strings(qids, path, run_lines),
-            "doc_id": _strings(docs, path, run_lines),
-            "score": pa.array(scores, pa.float64()),
-        }
-    )
+    return pa.table({"query_id": _strings(qids, path, run_lines), "doc_id": _strings(docs, path, run_lines),
+                     "score": pa.array(scores, pa.float64())})
 
 
 def write_qrels_lines(f, query_id, doc_id, relevance) -> None:
@@ -242,9 +227,8 @@ def write_qrels_lines(f, query_id, doc_id, relevance) -> None:
         raise InputError(f"{grades.null_count} relevance grade(s) are null, which TREC qrels cannot hold")
     step = 1 << 20  # lines per write: one string of ~20-40 MB, not one call per line
     for start in range(0, len(qids), step):
-        lines = pc.binary_join_element_wise(
-            qids[start : start + step], "0", docs[start : start + step], grades[start : start + step], " "
-        )
+        end = start + step
+        lines = pc.binary_join_element_wise(qids[start:end], "0", docs[start:end], grades[start:end], " ")
         f.write(_joined_text(pc.binary_join_element_wise(lines, "", "\n")))
 
 

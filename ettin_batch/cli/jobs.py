@@ -16,6 +16,7 @@ import warnings
 from ettin_batch import beir, evaluation
 from ettin_batch.config import (ATTENTION_BACKENDS, COLUMN_FLAGS, DTYPES, JobConfig, PlanConfig, RerankConfig,
                                 TeacherConfig)
+from ettin_batch.cli.tools import add_s3_flag
 from ettin_batch.run_folder import CANDIDATES, DATA, EVAL, QRELS_PARQUET, REJECTS, RERANK, SCORES, SUCCESS, TOPK
 
 
@@ -36,8 +37,7 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="hide Ray Data's progress bars")
-    p.add_argument("--s3-max-attempts", type=int,
-                   help="attempts per object-store call, with backoff (default $ETTIN_BATCH_S3_MAX_ATTEMPTS, else 12)")
+    add_s3_flag(p)
 
 
 def _add_input_flags(p: argparse.ArgumentParser, outputs: str | None = None) -> None:
@@ -155,8 +155,7 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the sample (default 0)")
     p.add_argument("--no-fidelity", dest="fidelity", action="store_false", default=None,
                    help="skip the comparison with sentence-transformers (the slowest part on a CPU)")
-    p.add_argument("--s3-max-attempts", type=int,
-                   help="attempts per object-store call, with backoff (default $ETTIN_BATCH_S3_MAX_ATTEMPTS, else 12)")
+    add_s3_flag(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

@@ -11,7 +11,7 @@ from ettin_batch.evaluation import DEFAULT_METRICS
 from ettin_batch.run_folder import HISTOGRAM, LABELS_PARQUET, QRELS_TXT
 
 
-def _add_s3_flag(p: argparse.ArgumentParser) -> None:
+def add_s3_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--s3-max-attempts", type=int,
                    help="attempts per object-store call, with backoff (default $ETTIN_BATCH_S3_MAX_ATTEMPTS, else 12)")
 
@@ -25,7 +25,7 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-unfinished", action="store_true",
                    help="evaluate a run that has no _SUCCESS.json (it holds part of its pairs at most)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_s3_flag(p)
+    add_s3_flag(p)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -54,7 +54,7 @@ def _add_labels_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a finished labels run in --output")
     p.add_argument("--allow-unfinished", action="store_true",
                    help="label a run that has no _SUCCESS.json (it holds part of its pairs at most)")
-    _add_s3_flag(p)
+    add_s3_flag(p)
 
 
 def _run_labels(args: argparse.Namespace) -> int:

@@ -55,46 +55,36 @@ def _download(model_id: str, revision: str | None) -> ResolvedModel:
     from huggingface_hub import snapshot_download
 
     try:
-        folder = snapshot_download(
-            model_id,
-            revision=revision,
-            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*/*.json", "*/*.safetensors"],
-        )
+        folder = snapshot_download(model_id, revision=revision, allow_patterns=[
+            "*.json", "*.safetensors", "*.txt", "*.model", "*/*.json", "*/*.safetensors"])
     except Exception as exc:  # offline, unknown id, gated: all end the same way for the user
-        raise ModelLoadError(
-            f"could not fetch {model_id!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
-            "Where the Hub is unreachable, download the model elsewhere and pass its local folder "
-            "(--model /path/to/ettin-reranker-17m-v1), or pass --model random:ettin-17m for a "
-            "random-weight model of the same shape (speed checks only)."
-        ) from exc
+        raise ModelLoadError(f"could not fetch {model_id!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
+                             "Where the Hub is unreachable, download the model elsewhere and pass its local folder "
+                             "(--model /path/to/ettin-reranker-17m-v1), or pass --model random:ettin-17m for a "
+                             "random-weight model of the same shape (speed checks only).") from exc
     return ResolvedModel(folder, model_id, Path(folder).name, False)
 
 
 def check_model_folder(path: str) -> None:
     """Refuse folders that are not cross-encoders, or that hold pickle weights only."""
     folder = Path(path)
-    modules_file = folder / "modules.json"
-    config_file = folder / "config.json"
-    st_config = folder / "config_sentence_transformers.json"
+    config_file, st_config = folder / "config.json", folder / "config_sentence_transformers.json"
     if st_config.exists():
         model_type = json.loads(st_config.read_text()).get("model_type")
         if model_type not in (None, "CrossEncoder"):
             raise ModelLoadError(f"{path} is a sentence-transformers {model_type}, not a CrossEncoder reranker")
-    if not modules_file.exists():
+    if not (folder / "modules.json").exists():
         if not config_file.exists():
             raise ModelLoadError(f"{path} holds neither modules.json nor config.json: not a model folder")
         archs = json.loads(config_file.read_text()).get("architectures") or []
         if not any(a.endswith("ForSequenceClassification") for a in archs):
-            raise ModelLoadError(
-                f"{path} is not a cross-encoder: found architectures {archs}, expected a sentence-transformers "
-                "CrossEncoder (modules.json) or a *ForSequenceClassification checkpoint"
-            )
+            raise ModelLoadError(f"{path} is not a cross-encoder: found architectures {archs}, expected a "
+                                 "sentence-transformers CrossEncoder (modules.json) or a *ForSequenceClassification "
+                                 "checkpoint")
     pickles = [p for p in folder.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
     if pickles and not any(folder.rglob("*.safetensors")):
-        raise ModelLoadError(
-            f"{path} has only pickle weights ({pickles[0].name}); ettin-batch loads safetensors only. "
-            "Convert them with safetensors' save_file first."
-        )
+        raise ModelLoadError(f"{path} has only pickle weights ({pickles[0].name}); ettin-batch loads safetensors "
+                             "only. Convert them with safetensors' save_file first.")
 
 
 def check_model(model: str, revision: str | None, max_length: int) -> ResolvedModel:
@@ -129,14 +119,8 @@ def load_cross_encoder(path: str, *, max_length: int, trust_remote_code: bool = 
     check_model_folder(path)
     from sentence_transformers import CrossEncoder
 
-    ce = CrossEncoder(
-        path,
-        device="cpu",
-        max_length=max_length,
-        trust_remote_code=trust_remote_code,
-        model_kwargs={"use_safetensors": True},
-    )
-    return ce.eval()
+    return CrossEncoder(path, device="cpu", max_length=max_length, trust_remote_code=trust_remote_code,
+                        model_kwargs={"use_safetensors": True}).eval()
 
 
 @dataclass

@@ -73,10 +73,6 @@ class PackedBatch:
     def num_pairs(self) -> int:
         return len(self.lengths)
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.lengths.sum())
-
     @classmethod
     def from_pairs(cls, pairs: TokenizedPairs, device: torch.device) -> PackedBatch:
         lengths = pairs.lengths

@@ -23,6 +23,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from ettin_batch.sample_data import WORDS
+
 from .cache import cache_dir
 from .olmo_assets import OLMO_VERSION
 
@@ -64,19 +66,12 @@ ETTIN_SHAPES: dict[str, EttinShape] = {
 }
 
 SPECIAL_TOKENS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
-_WORDS = (
-    "the of and to in is was for on that with as by at from his her are were this which be or an has have "
-    "had not but what all when can there one their who more also been two would into first time its other "
-    "after only new most some could these than may over such where year people city state world used made "
-    "water river music film school war game team season series history system data model search query "
-    "document rank score index night cluster batch token vector light energy cell protein market health"
-).split()
 
 
 def synthetic_corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
     """Deterministic English-like lines, enough for a tokenizer to learn common merges."""
     rng = random.Random(seed)
-    return [" ".join(rng.choices(_WORDS, k=rng.randint(5, 40))) for _ in range(n_lines)]
+    return [" ".join(rng.choices(WORDS, k=rng.randint(5, 40))) for _ in range(n_lines)]
 
 
 def train_tokenizer(vocab_size: int, corpus: list[str], model_max_length: int, *, token_types: bool = False):
@@ -91,30 +86,17 @@ def train_tokenizer(vocab_size: int, corpus: list[str], model_max_length: int, *
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus, trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1" if token_types else "[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        mask_token="[MASK]",
-        model_max_length=model_max_length,
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"] if token_types
-        else ["input_ids", "attention_mask"],
-    )
+    pair = "[CLS] $A [SEP] $B:1 [SEP]:1" if token_types else "[CLS] $A [SEP] $B [SEP]"
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair=pair,
+                                                       special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    inputs = ["input_ids", "token_type_ids", "attention_mask"] if token_types else ["input_ids", "attention_mask"]
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                                   pad_token="[PAD]", mask_token="[MASK]", model_max_length=model_max_length,
+                                   model_input_names=inputs)
 
 
 def save_ettin_model(folder: str | os.PathLike, shape: EttinShape, *, seed: int = 0, corpus: list[str] | None = None,
@@ -166,20 +148,11 @@ def _encoder_config(shape: EttinShape, tokenizer):
     from transformers import ModernBertConfig
 
     return ModernBertConfig(
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        local_attention=shape.local_attention,
-        global_attn_every_n_layers=shape.global_every,
-        max_position_embeddings=shape.max_positions,
-        pad_token_id=tokenizer.pad_token_id,
-        cls_token_id=tokenizer.cls_token_id,
-        sep_token_id=tokenizer.sep_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-    )
+        vocab_size=shape.vocab_size, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, local_attention=shape.local_attention,
+        global_attn_every_n_layers=shape.global_every, max_position_embeddings=shape.max_positions,
+        pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
 
 
 def _random_encoder(config, seed: int, dtype, std: float = 0.02):

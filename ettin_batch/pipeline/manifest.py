@@ -6,32 +6,19 @@ incomplete run.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import platform
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import pyarrow.parquet as pq
-
-from ettin_batch import __version__, storage
+from ettin_batch import __version__
 from ettin_batch.run_folder import REJECTS, SUCCESS
 
 # What pairs_per_s and tokens_per_s measure, written into every manifest beside them.
 RATE_BASIS = ("this run only: pairs_per_s = pairs_scored_this_run / wall_time_s, tokens_per_s = tokens the model "
               "ran on in this run (retries included) / wall_time_s; groups a resumed run skipped are in neither; "
               "pairs that kept a --reuse score are in pairs_scored_this_run (this run wrote them), not in tokens")
-
-
-def count_rows(loc: storage.Location, folder: str) -> int:
-    """Rows in every Parquet file under `folder` (footers only); 0 when it does not exist."""
-    if not loc.fs.exists(folder):
-        return 0
-    files = [p for p in loc.fs.find(folder) if p.endswith(".parquet")]
-    if not files:
-        return 0
-    with ThreadPoolExecutor(max_workers=min(32, len(files))) as pool:
-        return sum(pool.map(lambda p: pq.read_metadata(p, filesystem=loc.pa_fs).num_rows, files))
 
 
 class Phases:
@@ -102,7 +89,7 @@ def build_manifest(run, counts: dict, **extra) -> dict:
         "input": {"paths": list(config.input), "files": len(run.plan.files),
                   "columns": dict(zip(("query_id", "query", "doc_id", "document"), config.columns.required())),
                   "passthrough": run.plan.passthrough},
-        "actors": run.resources.as_dict(),
+        "actors": dataclasses.asdict(run.resources),
         "started_at": run.started_at.isoformat(),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "versions": {"ettin_batch": __version__, "ray": ray.__version__, "python": platform.python_version()},

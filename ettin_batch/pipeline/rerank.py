@@ -23,13 +23,12 @@ import math
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ettin_batch import storage
 from ettin_batch.config import RerankConfig
 from ettin_batch.pipeline import reuse
 from ettin_batch.pipeline.inputs import InputPlan
-from ettin_batch.pipeline.manifest import RunResult, count_rows
+from ettin_batch.pipeline.manifest import RunResult
 from ettin_batch.pipeline.run import Run
 from ettin_batch.pipeline.topk import topk_schema, write_topk
 from ettin_batch.run_folder import REJECTS, SCORES, TOPK
@@ -113,21 +112,19 @@ def rerank(config: RerankConfig) -> RunResult:
             run.folder.mark_done(group.key, {"files": [run.plan.location.url(f) for f in group.files],
                                              "rows": group.rows})
         run.phases.mark("scoring")
-        scored = count_rows(run.folder.loc, run.folder.path(SCORES))
+        scored = run.folder.count_rows(SCORES)
         repeated, example = write_topk(run.folder, config.top_k, scored) if scored else _write_empty(run)
         if repeated:
             log.warning("%d scored row(s) repeat the (query_id, doc_id) of another row, e.g. %r: each row was "
                         "scored and is in scores/; topk/ ranks each document once, with its higher score. "
                         "`ettin-batch eval` refuses duplicate pairs: remove them from the input.", repeated, example)
         run.phases.mark(TOPK)  # the phase that writes topk/
-    loc = run.folder.loc
     return run.finish(
         SCORES, top_k=config.top_k, repeated_pairs=repeated,
         # Groups of input files (see shard_groups) found finished by an earlier, interrupted run.
         resume={"groups": len(groups), "groups_skipped": len(groups) - len(to_score),
                 "pairs_skipped": sum(g.rows for g in groups if g.key in done),
-                "pairs_scored_earlier": sum(count_rows(loc, run.folder.path(SCORES, g.key))
-                                            for g in groups if g.key in done)},
+                "pairs_scored_earlier": sum(run.folder.count_rows(SCORES, g.key) for g in groups if g.key in done)},
         # --reuse: the previous run, whether its scores could be used, and how many pairs kept theirs.
         reuse=previous and {"from": previous.folder.url(), "usable": not why_not,
                             **({"why_not": why_not} if why_not else {}), "pairs_reused": run.totals["reused"]})
@@ -147,12 +144,11 @@ def _score_group(run: Run, group: Group, header: bytes, previous) -> None:
 
 def _write_empty(run: Run) -> tuple[int, None]:
     """Nothing was scored (every row rejected, or no rows): empty files keep the layout the same for readers."""
-    plan, fs = run.plan, run.folder.loc.pa_fs
+    plan = run.plan
     types = {plan.rename[n]: plan.schema.field(n).type for n in plan.read_columns[:4]}
     scores = pa.schema([("query_id", types["query_id"]), ("doc_id", types["doc_id"]),
                         *[plan.schema.field(n) for n in plan.passthrough],
                         (reuse.FINGERPRINT_COL, reuse.FINGERPRINT_TYPE), ("score", pa.float32())])
-    for entry, schema in ((SCORES, scores), (TOPK, topk_schema(types["query_id"], types["doc_id"]))):
-        fs.create_dir(run.folder.path(entry), recursive=True)
-        pq.write_table(schema.empty_table(), run.folder.path(entry, "empty.parquet"), filesystem=fs)
+    run.folder.write_empty(SCORES, scores)
+    run.folder.write_empty(TOPK, topk_schema(types["query_id"], types["doc_id"]))
     return 0, None

@@ -93,7 +93,7 @@ def open_previous(reuse: str, output: RunFolder | None, *, s3_max_attempts: int 
         raise InputError(f"--reuse {folder.url()} is also the --output: the run would delete what it reuses. "
                          "Write to a new folder (e.g. one per night) and reuse the previous one.")
     manifest = folder.require_finished("--reuse")
-    files = [p for p in folder.loc.fs.find(folder.path(SCORES)) if p.endswith(".parquet")]
+    files = folder.parquet_files(SCORES)
     if files:
         names = pq.read_schema(files[0], filesystem=folder.loc.pa_fs).names
         if FINGERPRINT_COL not in names:
@@ -108,7 +108,7 @@ def scored_before(prev: Previous, wanted: pa.Array) -> np.ndarray:
     fingerprint column of its scores/ (16 bytes a pair), keeping only the rows that match."""
     import pyarrow.dataset as pads
 
-    files = [p for p in prev.folder.loc.fs.find(prev.folder.path(SCORES)) if p.endswith(".parquet")]
+    files = prev.folder.parquet_files(SCORES)
     keys = pc.unique(wanted.drop_null()).cast(FINGERPRINT_TYPE)
     found = [pa.array([], FINGERPRINT_TYPE)]
     if files and len(keys):

@@ -46,9 +46,6 @@ class Resources:
     device: str
     threads: int | None  # torch threads in a CPU actor
 
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
 
 def plan_resources(config: JobConfig, cluster: dict) -> Resources:
     """One actor per `gpus_per_actor` GPUs; without GPUs, CPU actors that leave room for the CPU tasks."""
@@ -187,9 +184,8 @@ class Run:
 
     def finish(self, scored: str, **extra) -> mf.RunResult:
         """Counts from the written files; the manifest (`extra` adds the job's own keys) to _SUCCESS.json."""
-        loc = self.folder.loc
-        counts = {"in": self.plan.num_rows, "scored": mf.count_rows(loc, self.folder.path(scored)),
-                  "rejected": mf.count_rows(loc, self.folder.path(REJECTS)), "truncated": self.totals["truncated"],
+        counts = {"in": self.plan.num_rows, "scored": self.folder.count_rows(scored),
+                  "rejected": self.folder.count_rows(REJECTS), "truncated": self.totals["truncated"],
                   "blank_texts": self.totals["blank_texts"]}
         if counts["in"] != counts["scored"] + counts["rejected"]:
             raise RunFailed(f"row counts do not add up: {counts['in']} in, {counts['scored']} scored, "

@@ -74,13 +74,12 @@ def check_same_tokenizer(reranker) -> None:
 class ScorePairs:
     """Ray Data callable class: a batch of tokenized pairs in, the same rows with `score` out.
 
-    With `rejects`, a pair the model raises on (not an out-of-memory error, which the engine
-    handles by splitting the batch, nor a device error) is written there with its reason and
-    left out; the rest of the batch is scored. Without it, the error fails the job.
+    A pair the model raises on (not an out-of-memory error, which the engine handles by splitting
+    the batch, nor a device error) is written to `rejects` with its reason and left out; the rest
+    of the batch is scored.
     """
 
-    def __init__(self, *, scoring: ScoringConfig, device: str, threads: int | None, stats,
-                 rejects: RejectsDir | None = None):
+    def __init__(self, *, scoring: ScoringConfig, device: str, threads: int | None, stats, rejects: RejectsDir):
         import time
 
         import torch
@@ -102,8 +101,8 @@ class ScorePairs:
         self.stats.set_info.remote(self.reranker.info)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """Score every row (in a --reuse run, only the rows whose `score` is still null); with
-        `rejects`, rows the model raises on are written there and left out."""
+        """Score every row (in a --reuse run, only the rows whose `score` is still null); rows the model
+        raises on are written to `rejects` and left out."""
         from ettin_batch.engine.tokenize import TokenizedPairs
         from ettin_batch.pipeline.reuse import reused_mask
 
@@ -123,11 +122,8 @@ class ScorePairs:
         refused: dict[int, str] = {}
         if len(todo):
             pairs = TokenizedPairs.from_arrow(batch.take(todo) if reused is not None else batch)
-            if self.rejects is None:
-                scores[todo] = self._run_model(pairs)
-            else:
-                scores[todo], refused_in_pairs = self._score_finding_faults(pairs)
-                refused = {int(todo[i]): why for i, why in refused_in_pairs.items()}
+            scores[todo], refused_in_pairs = self._score_finding_faults(pairs)
+            refused = {int(todo[i]): why for i, why in refused_in_pairs.items()}
         if refused:
             rows = sorted(refused)
             self.rejects.write(out.take(pa.array(rows, pa.int64())), [refused[i] for i in rows])
@@ -147,17 +143,6 @@ class ScorePairs:
             raise RuntimeError(f"a batch of {batch.num_rows} pairs (from {ends[0]} to {ends[1]}) killed its scoring "
                                f"actor {attempts - 1} times; the job stops rather than retry it again. Look for "
                                "the actor's crash in the Ray logs (out of memory? a faulty node?).")
-
-    def _run_model(self, pairs) -> np.ndarray:
-        start, splits = self._time(), self.reranker.stats["oom_splits"]
-        scores = self.reranker.score_tokens(pairs)
-        self._record(pairs, start, splits)
-        return scores
-
-    def _record(self, pairs, start: float, splits_before: int) -> None:
-        self.stats.add.remote({"pairs": len(pairs), "tokens": int(pairs.offsets[-1]),
-                               "truncated": pairs.num_truncated, "model_seconds": self._time() - start,
-                               "oom_splits": self.reranker.stats["oom_splits"] - splits_before})
 
     def _score_finding_faults(self, pairs) -> tuple[np.ndarray, dict[int, str]]:
         """Scores (float32 [n], 0 for refused rows) and, by row, why the model failed on it.
@@ -186,7 +171,9 @@ class ScorePairs:
                     half = len(index) // 2
                     todo += [index[half:], index[:half]]
                 continue
-            self._record(part, start, splits)
+            self.stats.add.remote({"pairs": len(part), "tokens": int(part.offsets[-1]), "truncated": part.num_truncated,
+                                   "model_seconds": self._time() - start,
+                                   "oom_splits": self.reranker.stats["oom_splits"] - splits})
         if len(refused) == len(pairs) > 1:
             raise RuntimeError(f"the model failed on each of the {len(pairs)} pairs of a batch on its own: "
                                "the model or the device is broken, not the rows") from error

@@ -15,11 +15,10 @@ output is replaced by the next run.
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ettin_batch.config import TeacherConfig
 from ettin_batch.pipeline.inputs import InputPlan
-from ettin_batch.pipeline.manifest import RunResult, count_rows
+from ettin_batch.pipeline.manifest import RunResult
 from ettin_batch.pipeline.run import Run
 from ettin_batch.run_folder import DATA
 
@@ -63,14 +62,9 @@ def teacher_dataset(config: TeacherConfig) -> RunResult:
         ds = ds.repartition(target_num_rows_per_block=config.rows_per_file, strict=True)
         run.write(ds, DATA, min_rows_per_file=config.rows_per_file, max_rows_per_file=config.rows_per_file)
         run.phases.mark("scoring")
-    folder = run.folder
-    if count_rows(folder.loc, folder.path(DATA)) == 0:
-        # Every row rejected (or no rows): one empty file keeps the dataset loadable, with its schema.
-        folder.loc.pa_fs.create_dir(folder.path(DATA), recursive=True)
-        pq.write_table(output_schema(run.plan).empty_table(), folder.path(DATA, "empty.parquet"),
-                       filesystem=folder.loc.pa_fs)
-    files = [p for p in folder.loc.fs.find(folder.path(DATA)) if p.endswith(".parquet")]
+    if run.folder.count_rows(DATA) == 0:  # every row rejected (or no rows): the dataset stays loadable
+        run.folder.write_empty(DATA, output_schema(run.plan))
     return run.finish(DATA, dataset={
         "path": f"{DATA}/", "format": "parquet", "columns": [*TRAINING_COLUMNS, *run.plan.passthrough],
         "label": "the teacher's raw logit (float32), not rescaled", "rows_per_file": config.rows_per_file,
-        "files": len(files)})
+        "files": len(run.folder.parquet_files(DATA))})

@@ -63,12 +63,6 @@ def _check_block(table: pa.Table) -> None:
     ranking.refuse_repeated_pairs(table, "one block of the scores", NEEDS_UNIQUE_PAIRS)
 
 
-def _sorted_groups(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
-    """Rows in trec_eval's order within each query, and each query's start offset (plus the end)."""
-    table = table.take(ranking.order(table))
-    return table, ranking.group_starts(table.column("query_id"))
-
-
 def block_candidates(batch: pa.Table, *, n: int, score_col: str = "score") -> pa.Table:
     """Ray map_batches step, one block: each query's n best rows and its worst row (query_id, doc_id, score).
 
@@ -95,7 +89,8 @@ def query_cutoffs(block: pa.Table, *, n: int) -> pa.Table:
         return cutoff_schema(block.schema.field("query_id").type if "query_id" in block.column_names
                              else pa.string()).empty_table()
     ranking.refuse_repeated_pairs(block, "the queries' best rows in the scores", NEEDS_UNIQUE_PAIRS)
-    table, starts = _sorted_groups(block)
+    table = block.take(ranking.order(block))  # trec_eval's order within each query
+    starts = ranking.group_starts(table.column("query_id"))
     sizes = np.diff(starts)
     kept = np.minimum(n, sizes)
     cut = pa.array(starts[:-1] + kept - 1)

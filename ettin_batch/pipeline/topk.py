@@ -33,7 +33,7 @@ def write_topk(folder: RunFolder, k: int, scored: int) -> tuple[int | None, tupl
     """Write topk/ from the run's scores/ (at least one row); return how many scored rows repeat another's
     (query_id, doc_id) and one such pair, counted up to COUNT_REPEATS_UP_TO scored pairs ((None, None) above)."""
     fs = folder.loc.pa_fs
-    files = sorted(p for p in folder.loc.fs.find(folder.path(SCORES)) if p.endswith(".parquet"))
+    files = sorted(folder.parquet_files(SCORES))
     counting = scored <= COUNT_REPEATS_UP_TO
     kept, kept_rows, merged_rows, keys = [], 0, 0, []
 
