@@ -7,8 +7,8 @@ the job's default size (1,024 pairs), one thread each, run interleaved (a, b, c,
 - encode_batch: `tokenizers.Tokenizer.encode_batch` of the (query, document) tuples, configured as
   CrossEncoder calls it (longest_first, no padding), ids read out of each Encoding.
 - PairTokenizer: the engine's `PairTokenizer(queries, documents)` -> TokenizedPairs (flat int32 ids).
-- tokenize stage: `ettin_batch.pipeline.tokenize.tokenize_batch`, an Arrow batch in (ids, texts),
-  token columns out, as the job's Ray tasks run it.
+- tokenize stage: `ettin_batch.pipeline.tokenize_stage`'s `canonical` (with the pair fingerprint) then
+  `Tokenize`, an Arrow batch in (ids, texts), token columns out, as the job's Ray tasks run them.
 
 PairTokenizer and the stage are timed warm (their pre-token cache filled by earlier passes, as
 in a running job), and PairTokenizer also cold (a fresh tokenizer's first pass over the pairs,
@@ -41,7 +41,10 @@ from tokenizers import Tokenizer  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from ettin_batch.engine import PairTokenizer, resolve_model  # noqa: E402
-from ettin_batch.pipeline.tokenize import tokenize_batch  # noqa: E402
+from ettin_batch.config import ScoringConfig  # noqa: E402
+from ettin_batch.pipeline.rejects import RejectsDir  # noqa: E402
+from ettin_batch.pipeline.reuse import fingerprint_header  # noqa: E402
+from ettin_batch.pipeline.tokenize_stage import Tokenize, canonical  # noqa: E402
 from workload import nq_like_pairs  # noqa: E402
 
 
@@ -66,14 +69,14 @@ def engine_runner(tokenizer: PairTokenizer):
 
 
 def stage_runner(model: str, max_length: int, rejects: str):
-    fs = pafs.LocalFileSystem()
+    step = Tokenize(ScoringConfig(model=model, max_length=max_length), RejectsDir(rejects, pafs.LocalFileSystem()))
+    header = fingerprint_header(model, None, max_length, "bfloat16")
 
     def run(qs, ds):
         n = len(qs)
         batch = pa.table({"query_id": pa.array(range(n), pa.int64()), "query": qs,
                           "doc_id": pa.array(range(n), pa.int64()), "document": ds})
-        out = tokenize_batch(batch, model=model, revision=None, max_length=max_length, rename={},
-                             rejects_dir=rejects, filesystem=fs)
+        out = step(canonical(batch, rename={}, header=header))
         return len(out.column("_input_ids").combine_chunks().values)
     return run
 
