@@ -35,6 +35,7 @@ log = logging.getLogger("ettin_batch")
 SUCCESS = "_SUCCESS.json"  # written last: the run finished, and what it was
 RECORD = "_run.json"  # written first: this is an ettin-batch run of `kind`, its entries, its fingerprint
 SCORES, TOPK, REJECTS, DONE = "scores", "topk", "rejects", "_done"
+TOPK_FILE = "topk.parquet"  # topk/ is one file, as before the streaming cut: the per-file cuts merged
 DATA = "data"  # teacher
 QRELS_TXT, LABELS_PARQUET, HISTOGRAM = "qrels.txt", "labels.parquet", "score_histogram.png"  # labels
 CANDIDATES, QRELS_PARQUET, RERANK, EVAL = "candidates", "qrels.parquet", "rerank", "eval.json"  # beir

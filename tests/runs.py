@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ettin_batch import ranking
-from ettin_batch.run_folder import SCORES, TOPK, RunFolder
+from ettin_batch.run_folder import SCORES, TOPK, TOPK_FILE, RunFolder
 
 
 def write_rerank_run(folder, scores: pa.Table, *, finished: bool = True, top_k: int = 10, **manifest) -> str:
@@ -22,7 +22,7 @@ def write_rerank_run(folder, scores: pa.Table, *, finished: bool = True, top_k: 
     best, rank = ranking.top_k(scores.select(["query_id", "doc_id", "score"]), top_k)
     run.loc.fs.makedirs(run.path(TOPK), exist_ok=True)
     pq.write_table(pa.table({"query_id": best["query_id"], "rank": rank, "doc_id": best["doc_id"], "score": best["score"]}),
-                   run.path(TOPK, "part-00000.parquet"))
+                   run.path(TOPK, TOPK_FILE))
     if finished:
         run.finish({"counts": {"in": scores.num_rows, "scored": scores.num_rows, "rejected": 0}, "top_k": top_k,
                     **manifest})

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ettin_batch import ranking
-from ettin_batch.run_folder import SCORES, TOPK, RunFolder
+from ettin_batch.run_folder import SCORES, TOPK, TOPK_FILE, RunFolder
 
 COLUMNS = ["query_id", "doc_id", "score"]
 # Up to this many scored pairs, every (query_id, doc_id) is kept to count exact repeats (~20 bytes a row).
@@ -54,7 +54,7 @@ def write_topk(folder: RunFolder, k: int, scored: int) -> tuple[int | None, tupl
     fs.create_dir(folder.path(TOPK), recursive=True)
     pq.write_table(pa.table({"query_id": rows.column("query_id"), "rank": pa.array(rank, pa.int32()),
                              "doc_id": rows.column("doc_id"), "score": rows.column("score")}),
-                   folder.path(TOPK, "part-00000.parquet"), filesystem=fs)
+                   folder.path(TOPK, TOPK_FILE), filesystem=fs)
     return ranking.repeated_pairs(pa.concat_tables(keys)) if counting else (None, None)
 
 
