@@ -41,4 +41,4 @@ quickstart: $(STAMP)
 		$(BIN)/ettin-batch rerank --input $(SAMPLE)/candidates --output $(SAMPLE)/reranked \
 			--model $(FALLBACK_MODEL) --top-k 5 --overwrite || exit $$?; \
 	elif [ $$rc -ne 0 ]; then exit $$rc; fi
-	@echo "Outputs: $(SAMPLE)/reranked/{scores,topk,rejects}/ and $(SAMPLE)/reranked/_SUCCESS.json"
+	@echo "Outputs: $(SAMPLE)/reranked/ (scores/, topk/, _SUCCESS.json; rejects/ only when a row was refused)"
