@@ -51,8 +51,9 @@ def _name(pid: int) -> str:
     return os.path.basename(first) or "?"
 
 
-def tree_pss(root: int) -> dict[int, tuple[str, int]]:
-    """PSS of `root` and all its descendants, in bytes, by pid, with each process's name (Linux /proc)."""
+def tree_pss(root: int, field: str = "Pss") -> dict[int, tuple[str, int]]:
+    """PSS of `root` and all its descendants, in bytes, by pid, with each process's name (Linux /proc).
+    `field` "Pss_Shmem": the part in shared memory (Ray's object store lives in /dev/shm)."""
     found, stack = {}, [root]
     while stack:
         pid = stack.pop()
@@ -60,7 +61,7 @@ def tree_pss(root: int) -> dict[int, tuple[str, int]]:
             continue
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
-                pss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+                pss = next(int(line.split()[1]) * 1024 for line in f if line.startswith(f"{field}:"))
         except (OSError, StopIteration):
             continue
         found[pid] = (_name(pid), pss)
@@ -76,7 +77,7 @@ def by_name(processes: dict[int, tuple[str, int]]) -> dict[str, int]:
     return {k: round(v / 2**20) for k, v in sorted(total.items(), key=lambda kv: -kv[1])}
 
 
-def run_job(data: str, out: str, model: str, batch_size: int, extra: list[str] = ()) -> dict:
+def run_job(data: str, out: str, model: str, batch_size: int, extra: list[str] = (), trace: str | None = None) -> dict:
     # A fresh folder: an unfinished one (an interrupted earlier run) would be resumed, not rerun.
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "ettin_batch.cli", "rerank", "--input", data, "--output", out, "--model", model,
@@ -86,12 +87,21 @@ def run_job(data: str, out: str, model: str, batch_size: int, extra: list[str] =
     proc = subprocess.Popen(cmd, stdout=sys.stderr, env={**os.environ, "RAY_worker_niceness": "0"})
     peak, at_peak = [0], [{}]
 
+    log = open(trace, "a") if trace else None
+
     def sample():
         while proc.poll() is None:
             processes = tree_pss(proc.pid)
             total = sum(pss for _, pss in processes.values())
             if total > peak[0]:
                 peak[0], at_peak[0] = total, processes
+            if log:  # where the memory sits over time: MiB and process count per kind
+                count = {}
+                for name, _ in processes.values():
+                    count[name] = count.get(name, 0) + 1
+                log.write(json.dumps({"t": round(time.perf_counter() - start, 1), "total_mib": round(total / 2**20),
+                                      "mib": by_name(processes), "shmem_mib": by_name(tree_pss(proc.pid, "Pss_Shmem")),
+                                      "processes": count}) + "\n")
             time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -115,6 +125,7 @@ def main() -> None:
     p.add_argument("--pairs-per-shard", type=int, default=50_000)
     p.add_argument("--doc-words", type=int, nargs=2, default=(5, 30))
     p.add_argument("--work", default=os.path.join(HERE, "_work", "scale"))
+    p.add_argument("--trace", help="append each memory sample (MiB and processes per kind) to this JSON-lines file")
     args = p.parse_args()
 
     from ettin_batch.sample_data import write_sample
@@ -127,7 +138,7 @@ def main() -> None:
                          doc_words=tuple(args.doc_words))
             open(os.path.join(data, "_DONE"), "w").close()
         r = {"benchmark": "rerank_scale", "pairs": n, "model": args.model, **run_job(data, out, args.model,
-                                                                                      args.batch_size)}
+                                                                                      args.batch_size, trace=args.trace)}
         print(json.dumps(r), flush=True)
         results.append(r)
     for small, big in zip(results, results[1:]):

@@ -112,13 +112,14 @@ def rerank(config: RerankConfig) -> RunResult:
             run.folder.mark_done(group.key, {"files": [run.plan.location.url(f) for f in group.files],
                                              "rows": group.rows})
         run.phases.mark("scoring")
+    with run.reporting():  # after Ray: its workers' memory is released before the driver reads scores/ back
         scored = run.folder.count_rows(SCORES)
         repeated, example = write_topk(run.folder, config.top_k, scored) if scored else _write_empty(run)
-        if repeated:
-            log.warning("%d scored row(s) repeat the (query_id, doc_id) of another row, e.g. %r: each row was "
-                        "scored and is in scores/; topk/ ranks each document once, with its higher score. "
-                        "`ettin-batch eval` refuses duplicate pairs: remove them from the input.", repeated, example)
-        run.phases.mark(TOPK)  # the phase that writes topk/
+    if repeated:
+        log.warning("%d scored row(s) repeat the (query_id, doc_id) of another row, e.g. %r: each row was "
+                    "scored and is in scores/; topk/ ranks each document once, with its higher score. "
+                    "`ettin-batch eval` refuses duplicate pairs: remove them from the input.", repeated, example)
+    run.phases.mark(TOPK)  # the phase that writes topk/
     return run.finish(
         SCORES, top_k=config.top_k, repeated_pairs=repeated,
         # Groups of input files (see shard_groups) found finished by an earlier, interrupted run.

@@ -6,9 +6,11 @@
         ds = run.tokenize(run.read(files))    # the job's own stages, each built from run.config
         ds = run.score(ds)
         run.write(ds, SCORES)
+    with run.reporting():                 # driver-side steps after Ray is down (rerank: top-k)
+        ...
     result = run.finish(SCORES, top_k=...)    # counts from the files, in = scored + rejected, _SUCCESS.json
 
-A failure inside the session becomes RunFailed (exit 4: the same command resumes), carrying the
+A failure inside the session (or `reporting()`) becomes RunFailed (exit 4: the same command resumes), carrying the
 cause a stage raised rather than Ray's wrapper; an EttinError raised there keeps its own exit code.
 """
 
@@ -87,6 +89,9 @@ def ray_session(address: str | None):
         ray.shutdown()
 
 
+BLOCK_BYTES = 16 * 2**20  # Ray Data's blocks: ~16k real-text pairs, a second or two of one tokenize task
+
+
 class Run:
     """One job run from the driver (see the module docstring)."""
 
@@ -119,23 +124,32 @@ class Run:
 
         from ettin_batch.pipeline.score import RunStats
 
-        with ray_session(self.config.address) as cluster:
+        with ray_session(self.config.address) as cluster, self.reporting():
             self.phases.mark("ray_start")
-            DataContext.get_current().enable_progress_bars = self.config.progress
+            context = DataContext.get_current()
+            context.enable_progress_bars = self.config.progress
+            # Ray Data reads files into blocks of up to this size (default 128 MiB, coalescing small files):
+            # a block is one tokenize task, so big blocks mean few tasks for many CPUs and a task's memory
+            # growing with the input until the cap (RESULTS.md, Scale).
+            context.target_max_block_size = BLOCK_BYTES
             self.resources = plan_resources(self.config, cluster)
             if self.resources.device != "cuda" and self.scoring.attention in ("flash", "torch"):
                 raise ConfigError(f"attention={self.scoring.attention!r} needs a GPU, and this run scores on the CPU "
                                   "(no GPU in the cluster, or --gpus-per-actor 0); use --attention auto")
             log.info("scoring on %s", self.resources)
             self.stats = RunStats.remote()
-            done = self.folder.begin()
-            try:
-                yield done
-                self.totals = ray.get(self.stats.totals.remote())
-            except (EttinError, KeyboardInterrupt):
-                raise
-            except Exception as e:  # noqa: BLE001 - one clear message; the original stays chained
-                raise stage_error(e, self.folder, self.config) from e
+            yield self.folder.begin()
+            self.totals = ray.get(self.stats.totals.remote())
+
+    @contextlib.contextmanager
+    def reporting(self):
+        """A stage's failure as one clear error (stage_error); the run's own errors and Ctrl-C as they are."""
+        try:
+            yield
+        except (EttinError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - one clear message; the original stays chained
+            raise stage_error(e, self.folder, self.config) from e
 
     # --- the stages every job shares, each built from the run's config ----------------------------
 
