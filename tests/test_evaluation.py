@@ -17,7 +17,6 @@ import pytrec_eval
 from ettin_batch import evaluation, trec
 from ettin_batch.errors import ConfigError, InputError
 from ettin_batch.evaluation import DEFAULT_METRICS, EvaluationWarning, evaluate, parse_metric
-from local_s3 import local_s3
 from runs import write_rerank_run
 
 # Files from trec_eval's own test suite (source, licence and what was cut: README.md there).
@@ -333,15 +332,14 @@ def test_reads_any_fsspec_filesystem():
     assert got["metrics"] == pytest.approx(reference(run, qrels, list(got["metrics"])), abs=1e-6)
 
 
-def test_reads_run_and_qrels_from_s3(monkeypatch):
+def test_reads_run_and_qrels_from_s3(s3):
     run, qrels = random_case(14)
-    with local_s3(monkeypatch, "evalbucket") as root:
-        fs = fsspec.filesystem("s3")
-        with fs.open(f"{root}/out/scores/part-0.parquet", "wb") as f:
-            pq.write_table(run, f)
-        with fs.open(f"{root}/qrels.parquet", "wb") as f:
-            pq.write_table(qrels, f)
-        got = quiet_evaluate(f"{root}/out", f"{root}/qrels.parquet")
+    s3.mkdir("evalbucket")
+    with s3.open("evalbucket/out/scores/part-0.parquet", "wb") as f:
+        pq.write_table(run, f)
+    with s3.open("evalbucket/qrels.parquet", "wb") as f:
+        pq.write_table(qrels, f)
+    got = quiet_evaluate("s3://evalbucket/out", "s3://evalbucket/qrels.parquet")
     assert got["metrics"] == pytest.approx(reference(run, qrels, list(got["metrics"])), abs=1e-6)
 
 

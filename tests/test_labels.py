@@ -18,7 +18,6 @@ from ettin_batch import ranking, trec
 from ettin_batch.errors import ConfigError, InputError, OutputError
 from ettin_batch.evaluation import EvaluationWarning, evaluate
 from ettin_batch.labels import backfill_labels, grade_by_thresholds
-from local_s3 import local_s3
 from runs import write_rerank_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -214,17 +213,16 @@ def test_reads_and_writes_any_fsspec_filesystem():
     assert fs.cat("/labelstest/labels/score_histogram.png")[:8] == PNG_SIGNATURE
 
 
-def test_reads_and_writes_s3(monkeypatch):
-    with local_s3(monkeypatch, "labelbucket") as root:
-        fs = fsspec.filesystem("s3")
-        with fs.open(f"{root}/out/scores/part-0.parquet", "wb") as f:
-            pq.write_table(pa.table({"query_id": ["q", "q"], "doc_id": ["a", "b"], "score": [1.0, 9.0]}), f)
-        summary = backfill_labels(f"{root}/out", f"{root}/labels", top_n_relevant=1)
-        assert fs.cat(f"{root}/labels/qrels.txt").decode() == "q 0 b 1\nq 0 a 0\n"
-        assert sorted(fs.ls(f"{root}/labels")) == [
-            f"labelbucket/labels/{name}"
-            for name in ("_SUCCESS.json", "_run.json", "labels.parquet", "qrels.txt", "score_histogram.png")
-        ]
+def test_reads_and_writes_s3(s3):
+    s3.mkdir("labelbucket")
+    with s3.open("labelbucket/out/scores/part-0.parquet", "wb") as f:
+        pq.write_table(pa.table({"query_id": ["q", "q"], "doc_id": ["a", "b"], "score": [1.0, 9.0]}), f)
+    summary = backfill_labels("s3://labelbucket/out", "s3://labelbucket/labels", top_n_relevant=1)
+    assert s3.cat("labelbucket/labels/qrels.txt").decode() == "q 0 b 1\nq 0 a 0\n"
+    assert sorted(s3.ls("labelbucket/labels")) == [
+        f"labelbucket/labels/{name}"
+        for name in ("_SUCCESS.json", "_run.json", "labels.parquet", "qrels.txt", "score_histogram.png")
+    ]
     assert summary["files"]["qrels.txt"] == "s3://labelbucket/labels/qrels.txt"
 
 

@@ -24,7 +24,7 @@ from ettin_batch.config import RerankConfig
 from ettin_batch.errors import InputError, OutputError
 from ettin_batch.run_folder import RunFolder
 
-from .conftest import TINY
+from helpers import TINY
 
 DEPTH = 5
 METRICS = {"ndcg@10": "ndcg_cut_10", "map": "map", "recall@5": "recall_5", "p@5": "P_5", "mrr": "recip_rank"}
