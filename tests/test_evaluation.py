@@ -300,25 +300,24 @@ def test_fields_are_split_on_ascii_whitespace_only_as_trec_eval_splits_them(tmp_
     assert table["score"].to_pylist() == [2.5, 1.5]
 
 
-def test_a_run_line_with_fewer_than_six_fields_is_an_error_naming_the_line(tmp_path):
-    run = tmp_path / "run.trec"
-    run.write_text("# header\nq Q0 a 1 2.0 tag\nq Q0 b 2 1.0\n")
-    with pytest.raises(InputError, match=r"run.trec:3: a run line has at least 6 fields .* got 5"):
-        trec.read_trec_run(str(run))
+# case -> (reader, file name, file bytes, what the error says: the file and line)
+BAD_LINES = {
+    "a run line with five fields": (trec.read_trec_run, "run.trec", b"# header\nq Q0 a 1 2.0 tag\nq Q0 b 2 1.0\n",
+                                    r"run.trec:3: a run line has at least 6 fields .* got 5"),
+    "a qrels line in Latin-1, not UTF-8": (trec.read_trec_qrels, "qrels.txt", b"q 0 a 1\nq 0 caf\xe9 1\n",
+                                           r"qrels.txt:2: not UTF-8 text"),
+    # trec_eval: "Malformed line"
+    "a qrels line with a fifth field": (trec.read_trec_qrels, "qrels.txt", b"q 0 a 1\nq 0 b 1 extra\n",
+                                        r"qrels.txt:2: a qrels line has 4 fields .* got 5"),
+}
 
 
-def test_a_line_that_is_not_utf8_is_an_error_naming_it(tmp_path):
-    qrels = tmp_path / "qrels.txt"
-    qrels.write_bytes(b"q 0 a 1\nq 0 caf\xe9 1\n")  # Latin-1, not UTF-8
-    with pytest.raises(InputError, match=r"qrels.txt:2: not UTF-8 text"):
-        trec.read_trec_qrels(str(qrels))
-
-
-def test_a_qrels_line_with_a_fifth_field_is_an_error_as_in_trec_eval(tmp_path):
-    qrels = tmp_path / "qrels.txt"
-    qrels.write_text("q 0 a 1\nq 0 b 1 extra\n")  # trec_eval: "Malformed line"
-    with pytest.raises(InputError, match=r"qrels.txt:2: a qrels line has 4 fields .* got 5"):
-        trec.read_trec_qrels(str(qrels))
+@pytest.mark.parametrize("case", BAD_LINES)
+def test_a_bad_line_is_an_error_naming_the_file_and_line(tmp_path, case):
+    read, name, data, says = BAD_LINES[case]
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(InputError, match=says):
+        read(str(tmp_path / name))
 
 
 def test_reads_any_fsspec_filesystem():
