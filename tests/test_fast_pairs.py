@@ -107,8 +107,9 @@ def test_pairs_with_a_disputed_character_get_the_librarys_ids(real_tokenizer):
     queries = [f"what is {c} here" for c in sample] + ["plain"]
     documents = [f"the sign{c}word and {c}{c} 12{c}" for c in sample] + [f"ok {sample[0]}"]
     tokenizer = PairTokenizer(real_tokenizer, 16)
-    fast, _ = build(tokenizer.spec)  # the fast path the tokenizer runs, built from the same tokenizer.json
-    assert fast.unproven(queries, documents).tolist() == [bool(disputed)] * len(queries)  # the library's way
+    fast, _ = build(tokenizer.spec)  # the fast path this tokenizer runs, built from its tokenizer.json
+    # Each pair holds a disputed character, so the fast path leaves every one to the library.
+    assert fast.unproven(queries, documents).tolist() == [bool(disputed)] * len(queries)
     assert_same_as_library(tokenizer, real_tokenizer, queries, documents)
 
 
