@@ -80,7 +80,7 @@ def test_score_tokens_equals_score(reranker):
 
 def test_truncated_pairs_are_counted(model):
     rr = Reranker.from_pretrained(str(model), max_length=32)
-    untruncated = PairTokenizer(rr._ce.tokenizer, 4096)(QUERIES, DOCUMENTS)
+    untruncated = PairTokenizer.from_pretrained(str(model), 4096)(QUERIES, DOCUMENTS)
     pairs = rr.tokenizer(QUERIES, DOCUMENTS)
     assert pairs.num_truncated == int((untruncated.lengths > 32).sum())
     rr.score_tokens(pairs)
@@ -88,9 +88,14 @@ def test_truncated_pairs_are_counted(model):
 
 
 def test_tokenizers_over_one_model_do_not_share_truncation(model):
-    rr = Reranker.from_pretrained(str(model), max_length=32)
-    PairTokenizer(rr._ce.tokenizer, 4096)
-    assert rr.tokenizer(QUERIES, DOCUMENTS).lengths.max() == 32
+    from transformers import AutoTokenizer
+
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(model))  # one tokenizer object under both
+    short = PairTokenizer(hf_tokenizer, 32)
+    long = PairTokenizer(hf_tokenizer, 4096)
+    assert short(QUERIES, DOCUMENTS).lengths.max() == 32
+    assert long(QUERIES, DOCUMENTS).lengths.max() > 32
+    assert short(QUERIES, DOCUMENTS).lengths.max() == 32  # building and using `long` changed nothing
 
 
 def test_empty_strings_score_like_the_reference(model, reranker):
@@ -152,10 +157,11 @@ def test_random_model_has_the_real_shape_and_warns(caplog):
         rr = Reranker.from_pretrained("random:ettin-17m", max_length=64)
     assert "RANDOM weights" in caplog.text
     assert rr.info["is_random"] and rr.info["model_id"] == "random:ettin-17m"
-    cfg = rr._ce[0].model.config
+    saved = CrossEncoder(rr.info["path"], device="cpu")  # the folder the engine loaded, read by sentence-transformers
+    cfg = saved[0].model.config
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads,
             cfg.vocab_size) == (7, 256, 384, 4, 50368)
-    assert sum(p.numel() for p in rr._ce.parameters()) == pytest.approx(17.6e6, rel=0.05)
+    assert sum(p.numel() for p in saved.parameters()) == pytest.approx(17.6e6, rel=0.05)
 
 
 def test_named_backend_that_cannot_run_here_is_an_error(model):

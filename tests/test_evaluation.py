@@ -17,7 +17,6 @@ import pytrec_eval
 from ettin_batch import evaluation, trec
 from ettin_batch.errors import ConfigError, InputError
 from ettin_batch.evaluation import DEFAULT_METRICS, EvaluationWarning, evaluate, parse_metric
-from local_s3 import local_s3
 from runs import write_rerank_run
 
 # Files from trec_eval's own test suite (source, licence and what was cut: README.md there).
@@ -301,25 +300,24 @@ def test_fields_are_split_on_ascii_whitespace_only_as_trec_eval_splits_them(tmp_
     assert table["score"].to_pylist() == [2.5, 1.5]
 
 
-def test_a_run_line_with_fewer_than_six_fields_is_an_error_naming_the_line(tmp_path):
-    run = tmp_path / "run.trec"
-    run.write_text("# header\nq Q0 a 1 2.0 tag\nq Q0 b 2 1.0\n")
-    with pytest.raises(InputError, match=r"run.trec:3: a run line has at least 6 fields .* got 5"):
-        trec.read_trec_run(str(run))
+# case -> (reader, file name, file bytes, what the error says: the file and line)
+BAD_LINES = {
+    "a run line with five fields": (trec.read_trec_run, "run.trec", b"# header\nq Q0 a 1 2.0 tag\nq Q0 b 2 1.0\n",
+                                    r"run.trec:3: a run line has at least 6 fields .* got 5"),
+    "a qrels line in Latin-1, not UTF-8": (trec.read_trec_qrels, "qrels.txt", b"q 0 a 1\nq 0 caf\xe9 1\n",
+                                           r"qrels.txt:2: not UTF-8 text"),
+    # trec_eval: "Malformed line"
+    "a qrels line with a fifth field": (trec.read_trec_qrels, "qrels.txt", b"q 0 a 1\nq 0 b 1 extra\n",
+                                        r"qrels.txt:2: a qrels line has 4 fields .* got 5"),
+}
 
 
-def test_a_line_that_is_not_utf8_is_an_error_naming_it(tmp_path):
-    qrels = tmp_path / "qrels.txt"
-    qrels.write_bytes(b"q 0 a 1\nq 0 caf\xe9 1\n")  # Latin-1, not UTF-8
-    with pytest.raises(InputError, match=r"qrels.txt:2: not UTF-8 text"):
-        trec.read_trec_qrels(str(qrels))
-
-
-def test_a_qrels_line_with_a_fifth_field_is_an_error_as_in_trec_eval(tmp_path):
-    qrels = tmp_path / "qrels.txt"
-    qrels.write_text("q 0 a 1\nq 0 b 1 extra\n")  # trec_eval: "Malformed line"
-    with pytest.raises(InputError, match=r"qrels.txt:2: a qrels line has 4 fields .* got 5"):
-        trec.read_trec_qrels(str(qrels))
+@pytest.mark.parametrize("case", BAD_LINES)
+def test_a_bad_line_is_an_error_naming_the_file_and_line(tmp_path, case):
+    read, name, data, says = BAD_LINES[case]
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(InputError, match=says):
+        read(str(tmp_path / name))
 
 
 def test_reads_any_fsspec_filesystem():
@@ -333,15 +331,14 @@ def test_reads_any_fsspec_filesystem():
     assert got["metrics"] == pytest.approx(reference(run, qrels, list(got["metrics"])), abs=1e-6)
 
 
-def test_reads_run_and_qrels_from_s3(monkeypatch):
+def test_reads_run_and_qrels_from_s3(s3):
     run, qrels = random_case(14)
-    with local_s3(monkeypatch, "evalbucket") as root:
-        fs = fsspec.filesystem("s3")
-        with fs.open(f"{root}/out/scores/part-0.parquet", "wb") as f:
-            pq.write_table(run, f)
-        with fs.open(f"{root}/qrels.parquet", "wb") as f:
-            pq.write_table(qrels, f)
-        got = quiet_evaluate(f"{root}/out", f"{root}/qrels.parquet")
+    s3.mkdir("evalbucket")
+    with s3.open("evalbucket/out/scores/part-0.parquet", "wb") as f:
+        pq.write_table(run, f)
+    with s3.open("evalbucket/qrels.parquet", "wb") as f:
+        pq.write_table(qrels, f)
+    got = quiet_evaluate("s3://evalbucket/out", "s3://evalbucket/qrels.parquet")
     assert got["metrics"] == pytest.approx(reference(run, qrels, list(got["metrics"])), abs=1e-6)
 
 

@@ -15,7 +15,7 @@ import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
 from ettin_batch.engine import olmo_assets
-from ettin_batch.engine.fast_pairs import PRE_TOKEN, PRE_TOKEN_ASCII, disputed_code_points
+from ettin_batch.engine.fast_pairs import PRE_TOKEN, PRE_TOKEN_ASCII, build, disputed_code_points
 from ettin_batch.engine.random_models import synthetic_corpus, train_tokenizer
 from ettin_batch.engine.tokenize import PairTokenizer
 
@@ -35,7 +35,7 @@ def corpus():
 
 def library_pairs(hf_tokenizer, queries, documents, max_length):
     """`tokenizers`' encode_batch with the settings CrossEncoder uses: (ids per pair, truncated per pair)."""
-    backend = Tokenizer.from_str(hf_tokenizer._tokenizer.to_str())
+    backend = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
     backend.no_padding()
     backend.enable_truncation(max_length, strategy="longest_first")
     encodings = backend.encode_batch(list(zip(queries, documents)))
@@ -107,7 +107,9 @@ def test_pairs_with_a_disputed_character_get_the_librarys_ids(real_tokenizer):
     queries = [f"what is {c} here" for c in sample] + ["plain"]
     documents = [f"the sign{c}word and {c}{c} 12{c}" for c in sample] + [f"ok {sample[0]}"]
     tokenizer = PairTokenizer(real_tokenizer, 16)
-    assert tokenizer._fast.unproven(queries, documents).tolist() == [bool(disputed)] * len(queries)
+    fast, _ = build(tokenizer.spec)  # the fast path this tokenizer runs, built from its tokenizer.json
+    # Each pair holds a disputed character, so the fast path leaves every one to the library.
+    assert fast.unproven(queries, documents).tolist() == [bool(disputed)] * len(queries)
     assert_same_as_library(tokenizer, real_tokenizer, queries, documents)
 
 
@@ -140,7 +142,7 @@ def test_a_mask_token_that_strips_the_space_before_it_matches_the_library():
 
     hf = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(spec), mask_token="[MASK]", cls_token="[CLS]",
                                  sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]")
-    assert '"lstrip":true' in hf._tokenizer.to_str().replace(" ", "")
+    assert '"lstrip":true' in hf.backend_tokenizer.to_str().replace(" ", "")
     tokenizer = PairTokenizer(hf, 64)
     assert tokenizer.fast_path is None
     assert_same_as_library(tokenizer, hf, ["fill  [MASK] here", "[MASK]"], ["the \t [MASK]  [MASK]end", " [MASK] "])

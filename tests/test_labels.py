@@ -18,7 +18,6 @@ from ettin_batch import ranking, trec
 from ettin_batch.errors import ConfigError, InputError, OutputError
 from ettin_batch.evaluation import EvaluationWarning, evaluate
 from ettin_batch.labels import backfill_labels, grade_by_thresholds
-from local_s3 import local_s3
 from runs import write_rerank_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -214,17 +213,16 @@ def test_reads_and_writes_any_fsspec_filesystem():
     assert fs.cat("/labelstest/labels/score_histogram.png")[:8] == PNG_SIGNATURE
 
 
-def test_reads_and_writes_s3(monkeypatch):
-    with local_s3(monkeypatch, "labelbucket") as root:
-        fs = fsspec.filesystem("s3")
-        with fs.open(f"{root}/out/scores/part-0.parquet", "wb") as f:
-            pq.write_table(pa.table({"query_id": ["q", "q"], "doc_id": ["a", "b"], "score": [1.0, 9.0]}), f)
-        summary = backfill_labels(f"{root}/out", f"{root}/labels", top_n_relevant=1)
-        assert fs.cat(f"{root}/labels/qrels.txt").decode() == "q 0 b 1\nq 0 a 0\n"
-        assert sorted(fs.ls(f"{root}/labels")) == [
-            f"labelbucket/labels/{name}"
-            for name in ("_SUCCESS.json", "_run.json", "labels.parquet", "qrels.txt", "score_histogram.png")
-        ]
+def test_reads_and_writes_s3(s3):
+    s3.mkdir("labelbucket")
+    with s3.open("labelbucket/out/scores/part-0.parquet", "wb") as f:
+        pq.write_table(pa.table({"query_id": ["q", "q"], "doc_id": ["a", "b"], "score": [1.0, 9.0]}), f)
+    summary = backfill_labels("s3://labelbucket/out", "s3://labelbucket/labels", top_n_relevant=1)
+    assert s3.cat("labelbucket/labels/qrels.txt").decode() == "q 0 b 1\nq 0 a 0\n"
+    assert sorted(s3.ls("labelbucket/labels")) == [
+        f"labelbucket/labels/{name}"
+        for name in ("_SUCCESS.json", "_run.json", "labels.parquet", "qrels.txt", "score_histogram.png")
+    ]
     assert summary["files"]["qrels.txt"] == "s3://labelbucket/labels/qrels.txt"
 
 
@@ -310,30 +308,31 @@ def test_null_or_nan_scores_are_an_error_with_a_count(tmp_path, rule, bad):
         backfill_labels(str(tmp_path / "scores"), str(tmp_path / "labels"), **rule)
 
 
-def test_a_missing_score_column_is_an_error_listing_the_columns(tmp_path):
+def _two_scores(doc_ids) -> pa.Table:
+    return pa.table({"query_id": ["q", "q"], "doc_id": doc_ids, "score": pa.array([1.0, 2.0], pa.float32())})
+
+
+# case -> (the one scores file, what the error says)
+BAD_SCORES = {
+    "no score column": (pa.table({"query_id": ["q"], "doc_id": ["a"], "logit": [1.0]}),
+                        r"need column\(s\) \['score'\]; found \['query_id', 'doc_id', 'logit'\]"),
+    "a non-numeric score column": (pa.table({"query_id": ["q"], "doc_id": ["a"], "score": ["9.1"]}),
+                                   "'score' must be numeric"),
+    # TREC qrels are whitespace-separated: these ids cannot be written there.
+    "a doc_id with a space": (_two_scores(["ok", "two words"]), "1 doc_id\\(s\\) are empty or contain whitespace"),
+    "a doc_id with a tab": (_two_scores(["ok", "tab\there"]), "1 doc_id\\(s\\) are empty or contain whitespace"),
+    "an empty doc_id": (_two_scores(["ok", ""]), "1 doc_id\\(s\\) are empty or contain whitespace"),
+    # An error, not a pair silently missing from the qrels.
+    "a null doc_id": (_two_scores(pa.array(["ok", None])), "1 doc_id\\(s\\) are null"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SCORES)
+def test_scores_that_cannot_be_labelled_are_an_error_naming_the_problem(tmp_path, case):
+    table, says = BAD_SCORES[case]
     (tmp_path / "scores").mkdir()
-    pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["a"], "logit": [1.0]}), tmp_path / "scores" / "part-0.parquet")
-    with pytest.raises(InputError, match=r"need column\(s\) \['score'\]; found \['query_id', 'doc_id', 'logit'\]"):
-        backfill_labels(str(tmp_path / "scores"), str(tmp_path / "labels"), thresholds="0")
-
-
-@pytest.mark.parametrize("doc_id", ["two words", "tab\there", ""])
-def test_ids_that_trec_qrels_cannot_hold_are_an_error(tmp_path, doc_id):
-    path = write_scores(tmp_path / "scores", ["q", "q"], ["ok", doc_id], [1.0, 2.0], n_files=1)
-    with pytest.raises(InputError, match="1 doc_id\\(s\\) are empty or contain whitespace"):
-        backfill_labels(path, str(tmp_path / "labels"), thresholds="0")
-
-
-def test_a_null_id_is_an_error_not_a_missing_qrels_line(tmp_path):
-    path = write_scores(tmp_path / "scores", ["q", "q"], pa.array(["ok", None]), [1.0, 2.0], n_files=1)
-    with pytest.raises(InputError, match="1 doc_id\\(s\\) are null"):
-        backfill_labels(path, str(tmp_path / "labels"), thresholds="0")
-
-
-def test_a_non_numeric_score_column_is_an_error(tmp_path):
-    (tmp_path / "scores").mkdir()
-    pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["a"], "score": ["9.1"]}), tmp_path / "scores" / "part-0.parquet")
-    with pytest.raises(InputError, match="'score' must be numeric"):
+    pq.write_table(table, tmp_path / "scores" / "part-0.parquet")
+    with pytest.raises(InputError, match=says):
         backfill_labels(str(tmp_path / "scores"), str(tmp_path / "labels"), thresholds="0")
 
 

@@ -1,40 +1,24 @@
-"""One real two-node Ray cluster (token auth on, as Ray 2.60's `ray start --head` sets it) and one
-S3 server for this folder's tests. The nodes get the AWS variables in their environment, as a
-Kubernetes pod gets them from a Secret, with a secret key no other test uses."""
+"""One real two-node Ray cluster (token auth on, as Ray 2.60's `ray start --head` sets it) for this folder's
+tests, its jobs reading and writing the suite's S3 server. The nodes get the AWS variables in their
+environment, as a Kubernetes pod gets them from a Secret, with a secret key no other test uses."""
 
 from __future__ import annotations
 
 import os
-import secrets
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .local_cluster import remove, start_cluster
-
-REPO = Path(__file__).resolve().parents[2]
-# Made per run, so the only copies are in the nodes' environment: the working dir uploaded with each
-# job holds this source file, and a fixed secret written here would turn up in the cluster's files.
-SECRET_KEY = "ebsecret" + secrets.token_hex(16)
-ACCESS_KEY = "AKIAETTINBATCHTEST01"
+from .local_cluster import ACCESS_KEY, SECRET_KEY, remove, start_cluster
 
 
 @pytest.fixture(scope="package")
-def cluster_s3():
-    """A moto S3 server for the cluster's jobs; yields (endpoint, s3fs client)."""
+def cluster_s3(s3_endpoint):
+    """The suite's S3 server as the cluster's jobs reach it; yields (endpoint, s3fs client with their keys)."""
     import s3fs
-    from moto.server import ThreadedMotoServer
 
-    from .local_cluster import free_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    yield endpoint, s3fs.S3FileSystem(endpoint_url=endpoint, key=ACCESS_KEY, secret=SECRET_KEY)
-    server.stop()
+    return s3_endpoint, s3fs.S3FileSystem(endpoint_url=s3_endpoint, key=ACCESS_KEY, secret=SECRET_KEY)
 
 
 @pytest.fixture(scope="package")
@@ -52,13 +36,3 @@ def ray_cluster(cluster_s3):
     cluster = start_cluster(workers=1, cpus_per_node=1, node_env=node_env)
     yield cluster
     remove(cluster)
-
-
-def submit(cluster, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`ettin-batch submit --address <dashboard> --working-dir <repo> ARGS` as a user runs it: a separate
-    process that knows the token only through RAY_AUTH_TOKEN (no RAY_AUTH_MODE, no ~/.ray file)."""
-    client_env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
-    client_env.update(RAY_AUTH_TOKEN=cluster.env["RAY_AUTH_TOKEN"], **(env or {}))
-    return subprocess.run([sys.executable, "-m", "ettin_batch.cli", "submit", "--address", cluster.dashboard_url,
-                           "--working-dir", str(REPO), *args], env=client_env, cwd=REPO,
-                          capture_output=True, text=True, timeout=600)

@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,11 +20,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+REPO = Path(__file__).resolve().parents[2]
+# Made per run, so the only copies are in the nodes' environment: the working dir uploaded with each
+# job holds this source file, and a fixed secret written here would turn up in the cluster's files.
+SECRET_KEY = "ebsecret" + secrets.token_hex(16)
+ACCESS_KEY = "AKIAETTINBATCHTEST01"
 
 
 @dataclass
@@ -156,3 +157,13 @@ def start_cluster(workers: int = 1, cpus_per_node: int = 1, node_env: dict[str, 
 def remove(cluster: LocalCluster) -> None:
     cluster.stop()
     shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+
+
+def submit(cluster: LocalCluster, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`ettin-batch submit --address <dashboard> --working-dir <repo> ARGS` as a user runs it: a separate
+    process that knows the token only through RAY_AUTH_TOKEN (no RAY_AUTH_MODE, no ~/.ray file)."""
+    client_env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
+    client_env.update(RAY_AUTH_TOKEN=cluster.env["RAY_AUTH_TOKEN"], **(env or {}))
+    return subprocess.run([sys.executable, "-m", "ettin_batch.cli", "submit", "--address", cluster.dashboard_url,
+                           "--working-dir", str(REPO), *args], env=client_env, cwd=REPO,
+                          capture_output=True, text=True, timeout=600)

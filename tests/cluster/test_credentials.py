@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from .conftest import SECRET_KEY, submit
+from helpers import TINY
 
-TINY = "random:ettin-tiny"
+from .local_cluster import SECRET_KEY, submit
 
 
 def _job_logs(cluster, submission_id: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 from ettin_batch.cli import SUBCOMMANDS, main
 from ettin_batch.submit import REDACTED, build_runtime_env, entrypoint, redacted
 
-from .local_cluster import free_port
+from helpers import free_port
 
 
 def test_an_ettin_batch_subcommand_runs_as_a_module_so_an_uploaded_working_dir_is_enough():

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from .conftest import REPO, submit
+from helpers import TINY
 
-TINY = "random:ettin-tiny"
+from .local_cluster import REPO, submit
 
 
 def _get(cluster, path: str):
@@ -81,7 +81,6 @@ def test_both_nodes_ran_part_of_the_job(run, ray_cluster):
                 where.setdefault(stage, set()).add(t["node_id"])
     assert set(where) == {"tokenize", "score"}, where
     assert where["tokenize"] | where["score"] == nodes, where
-
 
 
 def test_ray_job_submit_runs_the_job_entry_point_with_the_nightly_config(run, ray_cluster, tmp_path):

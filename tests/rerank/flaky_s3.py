@@ -1,9 +1,10 @@
-"""An HTTP proxy in front of the moto S3 server that answers 503 for a while: a flaky object store.
+"""Proxies in front of the suite's one S3 server (the `s3_endpoint` fixture): a flaky object store.
 
-The outage starts at the first request whose method and path match `trigger` and lasts
-`seconds` (None: for good); during it every request gets a plain
+FlakyS3Proxy answers 503 for a while. The outage starts at the first request whose method and path
+match `trigger` and lasts `seconds` (None: for good); during it every request gets a plain
 `503 Service Unavailable`, as S3 and MinIO answer when overloaded. The proxy counts what it
-refused, so a test can show the outage was felt by reads and writes alike.
+refused, so a test can show the outage was felt by reads and writes alike. StoppingS3Proxy's
+endpoint goes away and comes back (its docstring says how).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from helpers import free_port
 
 
 def forward(handler: BaseHTTPRequestHandler, upstream: str, body: bytes) -> None:
@@ -69,9 +72,7 @@ class FlakyS3Proxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.endpoint = f"http://127.0.0.1:{port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -117,9 +118,7 @@ class StoppingS3Proxy:
         self._down = False
         self._connections: set = set()
         self._threads: list[threading.Thread] = []
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()  # kept: the endpoint comes back on the same port after an outage
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.server = self._listen()
 

@@ -24,7 +24,7 @@ from ettin_batch.config import RerankConfig
 from ettin_batch.errors import InputError, OutputError
 from ettin_batch.run_folder import RunFolder
 
-from .conftest import TINY
+from helpers import TINY
 
 DEPTH = 5
 METRICS = {"ndcg@10": "ndcg_cut_10", "map": "map", "recall@5": "recall_5", "p@5": "P_5", "mrr": "recip_rank"}
@@ -271,40 +271,96 @@ def _rewrite(path, lines: list[str]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_a_run_document_missing_from_the_corpus_is_an_error_naming_the_run_line(tmp_path):
-    _write_beir(tmp_path / "ds")
-    corpus = tmp_path / "ds" / "corpus.jsonl"
-    _rewrite(corpus, [line for line in _lines(corpus) if '"doc-4"' not in line])
-    line = 1 + next(i for i, text in enumerate(_lines(tmp_path / "ds" / "run.trec")) if " doc-4 " in text)
-    with pytest.raises(InputError, match=rf"run.trec:{line}: document 'doc-4' is not in .*corpus.jsonl"):
-        _build(tmp_path / "ds", tmp_path / "out")
+def _drop_lines(path, needle: str) -> None:
+    _rewrite(path, [line for line in _lines(path) if needle not in line])
 
 
-def test_a_run_query_missing_from_queries_jsonl_is_an_error_naming_the_run_line(tmp_path):
-    _write_beir(tmp_path / "ds")
-    queries = tmp_path / "ds" / "queries.jsonl"
-    _rewrite(queries, [line for line in _lines(queries) if '"q2"' not in line])
-    line = 1 + next(i for i, text in enumerate(_lines(tmp_path / "ds" / "run.trec")) if text.startswith("q2 "))
-    with pytest.raises(InputError, match=rf"run.trec:{line}: query 'q2' is not in .*queries.jsonl"):
-        _build(tmp_path / "ds", tmp_path / "out")
+def _line_of(path, part: str) -> int:
+    """The number (from 1) of the first line of `path` that holds `part`."""
+    return 1 + next(i for i, text in enumerate(_lines(path)) if part in text)
 
 
-def test_a_parquet_run_document_missing_from_the_corpus_names_the_file_and_row(tmp_path):
-    _write_beir(tmp_path / "ds")
+# Each mistake edits the dataset _write_beir made in `ds` (a run.parquet beside it, if it needs one) and
+# returns the build's extra settings and the error it must raise, which names the file and line or row.
+
+
+def a_run_document_missing_from_the_corpus(ds):
+    _drop_lines(ds / "corpus.jsonl", '"doc-4"')
+    return {}, rf"run.trec:{_line_of(ds / 'run.trec', ' doc-4 ')}: document 'doc-4' is not in .*corpus.jsonl"
+
+
+def a_run_query_missing_from_queries_jsonl(ds):
+    _drop_lines(ds / "queries.jsonl", '"q2"')
+    return {}, rf"run.trec:{_line_of(ds / 'run.trec', 'q2 Q0 ')}: query 'q2' is not in .*queries.jsonl"
+
+
+def a_parquet_run_document_missing_from_the_corpus(ds):
     pq.write_table(pa.table({"query_id": ["q1", "q1"], "doc_id": ["doc-1", "nowhere"], "score": [2.0, 1.0]}),
-                   tmp_path / "run.parquet")
-    with pytest.raises(InputError, match=r"run.parquet \(row 2\): document 'nowhere' is not in"):
-        _build(tmp_path / "ds", tmp_path / "out", run=str(tmp_path / "run.parquet"))
+                   ds.parent / "run.parquet")
+    return {"run": str(ds.parent / "run.parquet")}, r"run.parquet \(row 2\): document 'nowhere' is not in"
 
 
-def test_a_malformed_corpus_line_the_run_needs_is_an_error_naming_it(tmp_path):
-    _write_beir(tmp_path / "ds")
-    corpus = tmp_path / "ds" / "corpus.jsonl"
-    lines = _lines(corpus)
+def a_malformed_corpus_line_the_run_needs(ds):
+    lines = _lines(ds / "corpus.jsonl")
     lines[5] = lines[5][:-1]  # doc-5, cut short
-    _rewrite(corpus, lines)
-    with pytest.raises(InputError, match=r"corpus.jsonl:6: not a JSON line"):
-        _build(tmp_path / "ds", tmp_path / "out")
+    _rewrite(ds / "corpus.jsonl", lines)
+    return {}, r"corpus.jsonl:6: not a JSON line"
+
+
+def a_document_defined_twice(ds):
+    lines = _lines(ds / "corpus.jsonl")
+    _rewrite(ds / "corpus.jsonl", lines + [lines[2]])
+    return {}, r"corpus.jsonl:41: document 'doc-2' is defined again \(first at line 3\)"
+
+
+def a_malformed_run_line(ds):
+    lines = _lines(ds / "run.trec")
+    lines[3] = "q1 Q0 doc-1 4 bm25"
+    _rewrite(ds / "run.trec", lines)
+    return {}, r"run.trec:4: a run line has at least 6 fields"
+
+
+def comment_lines_count_in_the_line_number_named(ds):
+    lines = _lines(ds / "run.trec")
+    _rewrite(ds / "run.trec", ["# a first-stage run", lines[0], "", "  # another comment", lines[0]] + lines[1:])
+    return {}, r"run.trec:5: query 'q1' lists document .* again"
+
+
+def a_pair_listed_twice_in_the_run_named_at_its_second_line(ds):
+    lines = _lines(ds / "run.trec")
+    _rewrite(ds / "run.trec", lines[:2] + [lines[0].replace(" bm25", "").rsplit(" ", 1)[0] + " 0.1 bm25"] + lines[2:])
+    return {}, r"run.trec:3: query 'q1' lists document .* again"
+
+
+def a_non_integer_qrels_grade(ds):
+    lines = _lines(ds / "qrels" / "test.tsv")
+    lines[2] = "q1\tdoc-2\thigh"
+    _rewrite(ds / "qrels" / "test.tsv", lines)
+    return {}, r"test.tsv:3: score must be an integer grade, got 'high'"
+
+
+def a_missing_split_listing_the_splits_there(ds):
+    return {"split": "dev"}, r"dev.tsv: no such file; splits in .*: \['test', 'train'\]"
+
+
+def binary_qrels(ds):
+    (ds / "qrels" / "test.tsv").write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)))
+    return {}, r"qrels/test.tsv:1: not UTF-8 text .* BEIR qrels are tab-separated text"
+
+
+BAD_DATASETS = [a_run_document_missing_from_the_corpus, a_run_query_missing_from_queries_jsonl,
+                a_parquet_run_document_missing_from_the_corpus, a_malformed_corpus_line_the_run_needs,
+                a_document_defined_twice, a_malformed_run_line, comment_lines_count_in_the_line_number_named,
+                a_pair_listed_twice_in_the_run_named_at_its_second_line, a_non_integer_qrels_grade,
+                a_missing_split_listing_the_splits_there, binary_qrels]
+
+
+@pytest.mark.parametrize("mistake", BAD_DATASETS, ids=lambda mistake: mistake.__name__)
+def test_bad_input_is_an_error_naming_the_file_and_line(tmp_path, mistake):
+    _write_beir(tmp_path / "ds")
+    settings, error = mistake(tmp_path / "ds")
+    with pytest.raises(InputError, match=error):
+        _build(tmp_path / "ds", tmp_path / "out", **settings)
 
 
 def test_a_malformed_corpus_line_the_run_does_not_need_is_not_parsed(tmp_path):
@@ -316,63 +372,9 @@ def test_a_malformed_corpus_line_the_run_does_not_need_is_not_parsed(tmp_path):
     assert _build(tmp_path / "ds", tmp_path / "out")["pairs"] == len(_expected_candidates(case))
 
 
-def test_a_document_defined_twice_is_an_error_naming_both_lines(tmp_path):
-    _write_beir(tmp_path / "ds")
-    corpus = tmp_path / "ds" / "corpus.jsonl"
-    lines = _lines(corpus)
-    _rewrite(corpus, lines + [lines[2]])
-    with pytest.raises(InputError, match=r"corpus.jsonl:41: document 'doc-2' is defined again \(first at line 3\)"):
-        _build(tmp_path / "ds", tmp_path / "out")
-
-
-def test_a_malformed_run_line_is_an_error_naming_it(tmp_path):
-    _write_beir(tmp_path / "ds")
-    run = tmp_path / "ds" / "run.trec"
-    lines = _lines(run)
-    lines[3] = "q1 Q0 doc-1 4 bm25"
-    _rewrite(run, lines)
-    with pytest.raises(InputError, match=r"run.trec:4: a run line has at least 6 fields"):
-        _build(tmp_path / "ds", tmp_path / "out")
-
-
-def test_a_line_named_in_an_error_counts_the_comment_lines_before_it(tmp_path):
-    _write_beir(tmp_path / "ds")
-    run = tmp_path / "ds" / "run.trec"
-    lines = _lines(run)
-    _rewrite(run, ["# a first-stage run", lines[0], "", "  # another comment", lines[0]] + lines[1:])
-    with pytest.raises(InputError, match=r"run.trec:5: query 'q1' lists document .* again"):
-        _build(tmp_path / "ds", tmp_path / "out")
-
-
-def test_a_pair_listed_twice_in_the_run_is_an_error_naming_the_second_line(tmp_path):
-    _write_beir(tmp_path / "ds")
-    run = tmp_path / "ds" / "run.trec"
-    lines = _lines(run)
-    _rewrite(run, lines[:2] + [lines[0].replace(" bm25", "").rsplit(" ", 1)[0] + " 0.1 bm25"] + lines[2:])
-    with pytest.raises(InputError, match=r"run.trec:3: query 'q1' lists document .* again"):
-        _build(tmp_path / "ds", tmp_path / "out")
-
-
-def test_a_non_integer_qrels_grade_is_an_error_naming_the_line(tmp_path):
-    _write_beir(tmp_path / "ds")
-    qrels = tmp_path / "ds" / "qrels" / "test.tsv"
-    lines = _lines(qrels)
-    lines[2] = "q1\tdoc-2\thigh"
-    _rewrite(qrels, lines)
-    with pytest.raises(InputError, match=r"test.tsv:3: score must be an integer grade, got 'high'"):
-        _build(tmp_path / "ds", tmp_path / "out")
-
-
-def test_a_missing_split_lists_the_splits_there(tmp_path):
-    _write_beir(tmp_path / "ds")
-    with pytest.raises(InputError, match=r"dev.tsv: no such file; splits in .*: \['test', 'train'\]"):
-        _build(tmp_path / "ds", tmp_path / "out", split="dev")
-
-
 def test_the_command_exits_2_with_the_reason_on_bad_input(tmp_path):
     _write_beir(tmp_path / "ds")
-    corpus = tmp_path / "ds" / "corpus.jsonl"
-    _rewrite(corpus, [line for line in _lines(corpus) if '"doc-9"' not in line])
+    _drop_lines(tmp_path / "ds" / "corpus.jsonl", '"doc-9"')
     code, _, err = _cli(_args(tmp_path / "ds", tmp_path / "out"))
     assert code == 2 and "document 'doc-9' is not in" in err and "run.trec:" in err
 
@@ -391,13 +393,6 @@ def test_rebuilding_the_candidates_gives_the_same_files_so_an_interrupted_rerank
     again = {p.name: pq.read_table(p) for p in (tmp_path / "out" / "candidates").iterdir()}
     assert len(first) == 3 and first.keys() == again.keys()
     assert all(first[name].equals(again[name]) for name in first)
-
-
-def test_binary_qrels_are_an_error_naming_the_file_and_line(tmp_path):
-    _write_beir(tmp_path / "ds")
-    (tmp_path / "ds" / "qrels" / "test.tsv").write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)))
-    with pytest.raises(InputError, match=r"qrels/test.tsv:1: not UTF-8 text .* BEIR qrels are tab-separated text"):
-        _build(tmp_path / "ds", tmp_path / "out")
 
 
 # ---------------------------------------------------------------- OUT is a run folder

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 
 from ettin_batch.cli import main
 
-from .conftest import TINY
+from helpers import TINY
 
 
 def test_rerank_command_remaps_columns_and_prints_a_summary(tmp_path, ray_session, capsys):

@@ -46,7 +46,8 @@ def test_unknown_config_key_is_an_error_that_lists_known_keys(tmp_path):
 
 
 @pytest.mark.parametrize("change, flag", [({"top_k": 0}, "--top-k"), ({"output": ""}, "--output"),
-                                          ({"max_tokens_per_batch": 100}, "max_length")])
+                                          ({"max_tokens_per_batch": 100}, "max_length")],
+                         ids=["top_k 0", "no output", "a token budget below max_length"])
 def test_invalid_values_are_rejected_naming_the_setting(change, flag):
     with pytest.raises(ConfigError, match=flag):
         RerankConfig.of(input=["in/"], output="out/").replace(**change).validate()
@@ -74,14 +75,17 @@ def test_a_string_where_a_list_is_expected_is_a_list_of_one(tmp_path):
     assert RerankConfig.from_file(path).passthrough == ["bm25"]
 
 
-def test_group_rows_and_s3_attempts_come_from_the_file_or_flags_and_are_validated(tmp_path):
+def test_group_rows_and_s3_attempts_come_from_the_file_or_flags(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("input: in/\noutput: out/\ngroup_rows: 5000\ns3_max_attempts: 4\n")
     config = _config_from_cli("--config", str(path), "--s3-max-attempts", "6")
     assert config.group_rows == 5000 and config.s3_max_attempts == 6
-    for flag in ("--group-rows", "--s3-max-attempts"):
-        with pytest.raises(ConfigError, match=flag):
-            _config_from_cli("--input", "in/", "--output", "out/", flag, "0")
+
+
+@pytest.mark.parametrize("flag", ["--group-rows", "--s3-max-attempts"])
+def test_a_zero_group_rows_or_s3_attempts_flag_is_rejected_naming_it(flag):
+    with pytest.raises(ConfigError, match=flag):
+        _config_from_cli("--input", "in/", "--output", "out/", flag, "0")
 
 
 def test_the_s3_attempts_setting_travels_with_the_filesystem_the_workers_receive(monkeypatch):

@@ -14,7 +14,7 @@ from ettin_batch.config import RerankConfig
 from ettin_batch.engine.faults import FaultHooks
 from ettin_batch import rerank
 
-from .conftest import TINY
+from helpers import TINY
 from .faults import accounting, injected, make_shards, record, write_local
 
 OOM_ABOVE_TOKENS = 400

@@ -17,7 +17,7 @@ from ettin_batch.cli import main
 from ettin_batch.config import RerankConfig
 from ettin_batch import rerank
 
-from .conftest import TINY
+from helpers import TINY
 from .faults import accounting, make_shards, record, write_local
 
 GROUP_ROWS = 200  # one input file per group, so six groups

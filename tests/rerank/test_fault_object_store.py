@@ -15,7 +15,7 @@ from ettin_batch.config import RerankConfig
 from ettin_batch import rerank
 from ettin_batch.errors import RunFailed
 
-from .conftest import TINY, read_parquet_folder, upload_parquet
+from helpers import TINY, read_parquet_folder, upload_parquet
 from .faults import accounting, make_shards, record
 from .flaky_s3 import FlakyS3Proxy, StoppingS3Proxy
 

@@ -14,7 +14,7 @@ from ettin_batch.config import ScoringConfig
 from ettin_batch.pipeline.rejects import RejectsDir
 from ettin_batch.pipeline.tokenize_stage import Tokenize
 
-from .conftest import TINY
+from helpers import TINY
 from .faults import accounting, invalid_utf8_strings, make_shards, record
 
 POISON = b"caf\xe9 au lait"  # Latin-1 bytes in a UTF-8 column

@@ -13,7 +13,7 @@ from ettin_batch.engine.tokenize import IDS_COL, TokenizedPairs
 from ettin_batch.pipeline.rejects import RejectsDir
 from ettin_batch.pipeline.tokenize_stage import Tokenize, canonical
 
-from .conftest import TINY
+from helpers import TINY
 
 RENAME = {"qid": "query_id", "q": "query", "pid": "doc_id", "text": "document"}
 

@@ -19,7 +19,7 @@ from ettin_batch.pipeline.rerank import rerank
 from ettin_batch.plan import plan
 from runs import write_rerank_run
 
-from .conftest import TINY, upload_parquet
+from helpers import TINY, upload_parquet
 from .test_plan_sample import write_sorted_shards
 
 SAMPLE = 160  # pairs: enough for 10 queries' rankings, quick on 2 cores

@@ -21,7 +21,7 @@ import pytest
 
 from ettin_batch.cli import main
 
-from .conftest import TINY, upload_parquet
+from helpers import TINY, upload_parquet
 
 GOOD = pa.table({"query_id": ["q1", "q1"], "query": ["a query", "a query"], "doc_id": ["d1", "d2"],
                  "document": ["a document", "another one"]})

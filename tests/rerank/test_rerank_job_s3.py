@@ -16,7 +16,7 @@ from ettin_batch.config import RerankConfig
 from ettin_batch import rerank
 from ettin_batch import ranking
 
-from .conftest import TINY, read_parquet_folder, upload_parquet
+from helpers import TINY, read_parquet_folder, upload_parquet
 
 K = 3
 WORDS = "river water music film school data model search query document rank score index night".split()

@@ -17,7 +17,7 @@ from ettin_batch.errors import InputError
 from ettin_batch.pipeline.reuse import FINGERPRINT_COL, open_previous
 from ettin_batch.run_folder import RunFolder
 
-from .conftest import TINY
+from helpers import TINY
 from .faults import accounting, make_shards, write_local
 
 

@@ -18,7 +18,7 @@ from ettin_batch.errors import InputError, OutputError
 from ettin_batch.evaluation import EvaluationWarning, evaluate
 from ettin_batch.labels import backfill_labels
 
-from .conftest import TINY
+from helpers import TINY
 
 QRELS = pa.table({"query_id": ["q1", "q2"], "doc_id": ["b", "d"], "relevance": [1, 1]})
 

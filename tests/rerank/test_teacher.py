@@ -19,7 +19,7 @@ from ettin_batch.config import ConfigError, TeacherConfig
 from ettin_batch.errors import InputError
 from ettin_batch.pipeline.teacher import teacher_dataset
 
-from .conftest import TINY, read_parquet_folder, upload_parquet
+from helpers import TINY, read_parquet_folder, upload_parquet
 
 ROWS_PER_FILE = 4
 WORDS = "river water music film school data model search query document rank score index night".split()
