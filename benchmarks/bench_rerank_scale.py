@@ -51,9 +51,9 @@ def _name(pid: int) -> str:
     return os.path.basename(first) or "?"
 
 
-def tree_pss(root: int, field: str = "Pss") -> dict[int, tuple[str, int]]:
-    """PSS of `root` and all its descendants, in bytes, by pid, with each process's name (Linux /proc).
-    `field` "Pss_Shmem": the part in shared memory (Ray's object store lives in /dev/shm)."""
+def tree_pss(root: int) -> dict[int, tuple[str, int, int]]:
+    """PSS of `root` and all its descendants, in bytes, by pid, with each process's name and the part of its
+    PSS in shared memory (Ray's object store lives in /dev/shm), from Linux /proc."""
     found, stack = {}, [root]
     while stack:
         pid = stack.pop()
@@ -61,19 +61,20 @@ def tree_pss(root: int, field: str = "Pss") -> dict[int, tuple[str, int]]:
             continue
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
-                pss = next(int(line.split()[1]) * 1024 for line in f if line.startswith(f"{field}:"))
-        except (OSError, StopIteration):
+                fields = dict(line.split()[:2] for line in f if line.startswith(("Pss:", "Pss_Shmem:")))
+            pss, shmem = int(fields["Pss:"]) * 1024, int(fields.get("Pss_Shmem:", 0)) * 1024
+        except (OSError, KeyError):
             continue
-        found[pid] = (_name(pid), pss)
+        found[pid] = (_name(pid), pss, shmem)
         stack += _children(pid)
     return found
 
 
-def by_name(processes: dict[int, tuple[str, int]]) -> dict[str, int]:
-    """MiB per kind of process, largest first."""
+def by_name(processes: dict[int, tuple[str, int, int]], part: int = 1) -> dict[str, int]:
+    """MiB per kind of process, largest first (part 2: the shared-memory part)."""
     total: dict[str, int] = {}
-    for name, pss in processes.values():
-        total[name] = total.get(name, 0) + pss
+    for entry in processes.values():
+        total[entry[0]] = total.get(entry[0], 0) + entry[part]
     return {k: round(v / 2**20) for k, v in sorted(total.items(), key=lambda kv: -kv[1])}
 
 
@@ -92,15 +93,15 @@ def run_job(data: str, out: str, model: str, batch_size: int, extra: list[str] =
     def sample():
         while proc.poll() is None:
             processes = tree_pss(proc.pid)
-            total = sum(pss for _, pss in processes.values())
+            total = sum(pss for _, pss, _ in processes.values())
             if total > peak[0]:
                 peak[0], at_peak[0] = total, processes
             if log:  # where the memory sits over time: MiB and process count per kind
                 count = {}
-                for name, _ in processes.values():
+                for name, *_ in processes.values():
                     count[name] = count.get(name, 0) + 1
                 log.write(json.dumps({"t": round(time.perf_counter() - start, 1), "total_mib": round(total / 2**20),
-                                      "mib": by_name(processes), "shmem_mib": by_name(tree_pss(proc.pid, "Pss_Shmem")),
+                                      "mib": by_name(processes), "shmem_mib": by_name(processes, part=2),
                                       "processes": count}) + "\n")
             time.sleep(0.5)
 

@@ -5,6 +5,7 @@
 # Runs from a snapshot of the package so edits to the working tree cannot change it mid-run.
 # Raw JSON lines go to benchmarks/results/job-<name>.json; figures belong in RESULTS.md.
 #   bash benchmarks/run_job_benchmarks.sh [overhead] [incremental] [scale]    (default: all three)
+#   SCALE_TRACE=FILE: the scale runs also write memory per process kind over time to FILE (JSON lines)
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
@@ -25,7 +26,7 @@ for name in "${which[@]}"; do
   case $name in
     overhead)    $PY $B/bench_rerank_overhead.py --pairs 20000 2>>"$log.err" | tee -a "$log" ;;
     incremental) $PY $B/bench_rerank_incremental.py --pairs "${INCREMENTAL_PAIRS:-50000}" 2>>"$log.err" | tee -a "$log" ;;
-    scale)       $PY $B/bench_rerank_scale.py --pairs 200000 2000000 2>>"$log.err" | tee -a "$log" ;;
+    scale)       $PY $B/bench_rerank_scale.py --pairs 200000 2000000 ${SCALE_TRACE:+--trace "$SCALE_TRACE"} 2>>"$log.err" | tee -a "$log" ;;
     plan)        $PY $B/bench_plan.py --models ${PLAN_MODELS:-random:ettin-tiny random:ettin-17m} \
                    --pairs ${PLAN_PAIRS:-20000 200000} --flags "${PLAN_FLAGS:-}" 2>>"$log.err" | tee -a "$log" ;;
     *) echo "unknown benchmark $name" >&2; exit 2 ;;

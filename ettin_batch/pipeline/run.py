@@ -132,6 +132,9 @@ class Run:
             # a block is one tokenize task, so big blocks mean few tasks for many CPUs and a task's memory
             # growing with the input until the cap (RESULTS.md, Scale).
             context.target_max_block_size = BLOCK_BYTES
+            # Parquet reads leave a worker's heap large (apache/arrow#39808): keep read tasks in workers of
+            # their own, so the tokenize tasks do not inherit that heap (Ray Data's own advice in read_parquet).
+            context.isolate_read_workers = True
             self.resources = plan_resources(self.config, cluster)
             if self.resources.device != "cuda" and self.scoring.attention in ("flash", "torch"):
                 raise ConfigError(f"attention={self.scoring.attention!r} needs a GPU, and this run scores on the CPU "
