@@ -124,7 +124,7 @@ class Run:
 
         from ettin_batch.pipeline.score import RunStats
 
-        with ray_session(self.config.address) as cluster, self.reporting():
+        with ray_session(self.config.address) as cluster:
             self.phases.mark("ray_start")
             context = DataContext.get_current()
             context.enable_progress_bars = self.config.progress
@@ -141,8 +141,10 @@ class Run:
                                   "(no GPU in the cluster, or --gpus-per-actor 0); use --attention auto")
             log.info("scoring on %s", self.resources)
             self.stats = RunStats.remote()
-            yield self.folder.begin()
-            self.totals = ray.get(self.stats.totals.remote())
+            done = self.folder.begin()
+            with self.reporting():
+                yield done
+                self.totals = ray.get(self.stats.totals.remote())
 
     @contextlib.contextmanager
     def reporting(self):
