@@ -8,6 +8,8 @@ every command; the message says what is wrong (the file, row, column or flag) an
 
 from __future__ import annotations
 
+import threading
+
 
 class EttinError(Exception):
     """Base of every error ettin-batch reports to its user as `error: <message>`."""
@@ -37,3 +39,21 @@ class RunFailed(EttinError, RuntimeError):
     """The run stopped part-way; its output folder has no _SUCCESS.json and the same command resumes it."""
 
     exit_code = 4
+
+
+# Ctrl-C, remembered. A KeyboardInterrupt can be swallowed on its way up (a finalizer or a library's
+# cleanup that catches everything happens to be running when it lands); the CLI's SIGINT handler
+# sets this as well as raising, so a run checks it before it calls itself finished.
+interrupted = threading.Event()
+
+
+def on_sigint(signum, frame) -> None:
+    """The CLI's SIGINT handler: remember the interrupt, then raise as Python's own handler does."""
+    interrupted.set()
+    raise KeyboardInterrupt
+
+
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt if Ctrl-C was pressed, even where the exception it raised was swallowed."""
+    if interrupted.is_set():
+        raise KeyboardInterrupt

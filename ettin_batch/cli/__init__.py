@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from ettin_batch import __version__, storage
 from ettin_batch.cli import jobs, tools
+from ettin_batch import errors
 from ettin_batch.errors import EttinError
 
 EXIT_INTERRUPTED = 130
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    errors.interrupted.clear()
+    previous_handler = signal.signal(signal.SIGINT, errors.on_sigint)
     try:
         return args._run(args)
     except EttinError as e:
@@ -59,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from ettin_batch import storage
 from ettin_batch.config import ConfigError, JobConfig, dtype_name
-from ettin_batch.errors import EttinError, InputError, ModelLoadError, RunFailed
+from ettin_batch.errors import EttinError, InputError, ModelLoadError, RunFailed, raise_if_interrupted
 from ettin_batch.pipeline import manifest as mf
 from ettin_batch.pipeline.inputs import inspect_inputs
 from ettin_batch.pipeline.rejects import RejectsDir
@@ -85,8 +85,27 @@ def ray_session(address: str | None):
                           "both unset to run on a local Ray") from None
     try:
         yield ray.cluster_resources()
+    except KeyboardInterrupt:
+        _let_ray_data_stop()
+        raise
     finally:
         ray.shutdown()
+
+
+def _let_ray_data_stop(timeout: float = 30.0) -> None:
+    """Stop Ray Data's executors and wait for their threads. An interrupted dataset stops its executor in
+    the background and waits for it only 2 s (or not at all, interrupted before it started streaming);
+    shutting Ray down under an executor thread still using it ends the process with exit 1 before the
+    interrupt can be reported (seen under load)."""
+    import threading
+
+    deadline = time.monotonic() + timeout
+    log.warning("interrupted: stopping the run's Ray Data stages (up to %.0f s)", timeout)
+    for thread in threading.enumerate():
+        if type(thread).__name__ == "StreamingExecutor":  # Ray Data's executor is its own thread
+            with contextlib.suppress(Exception):
+                thread.shutdown(force=True)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 BLOCK_BYTES = 16 * 2**20  # Ray Data's blocks: ~16k real-text pairs, a second or two of one tokenize task
@@ -203,6 +222,7 @@ class Run:
 
     def finish(self, scored: str, **extra) -> mf.RunResult:
         """Counts from the written files; the manifest (`extra` adds the job's own keys) to _SUCCESS.json."""
+        raise_if_interrupted()  # a Ctrl-C that something swallowed still leaves the run unfinished
         counts = {"in": self.plan.num_rows, "scored": self.folder.count_rows(scored),
                   "rejected": self.folder.count_rows(REJECTS), "truncated": self.totals["truncated"],
                   "blank_texts": self.totals["blank_texts"]}

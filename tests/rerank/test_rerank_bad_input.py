@@ -234,6 +234,23 @@ def test_blank_texts_are_scored_and_counted(tmp_path, ray_session):
     assert "1 pair(s) have an empty or whitespace-only query or document" in result.summary()
 
 
+def test_a_ctrl_c_that_something_swallowed_still_leaves_the_run_unfinished(tmp_path, ray_session):
+    # The CLI's SIGINT handler remembers the interrupt as well as raising it; a KeyboardInterrupt lost on
+    # its way up (a finalizer or a library's catch-all running when it landed) must not end in _SUCCESS.json.
+    from ettin_batch import errors, rerank
+    from ettin_batch.config import RerankConfig
+
+    pq.write_table(GOOD, tmp_path / "in.parquet")
+    errors.interrupted.set()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            rerank(RerankConfig.of(input=[str(tmp_path / "in.parquet")], output=str(tmp_path / "out"), model=TINY,
+                                   progress=False))
+    finally:
+        errors.interrupted.clear()
+    assert (tmp_path / "out" / "_run.json").exists() and not (tmp_path / "out" / "_SUCCESS.json").exists()
+
+
 # --- the process as a whole: a stale Ray address, Ctrl-C ---------------------------------------------
 
 def _cli(args: list[str], env: dict) -> subprocess.Popen:
