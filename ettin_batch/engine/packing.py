@@ -16,16 +16,17 @@ import torch
 from .tokenize import TokenizedPairs
 
 
-def pack_batches(lengths: np.ndarray, max_tokens: int, *, padded: bool = False) -> list[np.ndarray]:
+def pack_batches(lengths: np.ndarray, max_tokens: int, *, padded: bool = False,
+                 ties: np.ndarray | None = None) -> list[np.ndarray]:
     """Split pair indices into batches whose cost stays within `max_tokens`.
 
     Cost is the sum of lengths when unpadded, or pairs x longest pair when `padded`.
-    Each batch's indices come out sorted by ascending length; the batches themselves
-    go longest first, so a budget too large for the device fails on the first batch.
-    A pair longer than the budget gets a batch of its own.
+    Each batch's indices come out sorted by ascending length, pairs of one length by `ties`
+    (else by index); the batches themselves go longest first, so a budget too large for the
+    device fails on the first batch. A pair longer than the budget gets a batch of its own.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(lengths, kind="stable")
+    order = np.argsort(lengths, kind="stable") if ties is None else np.lexsort((ties, lengths))
     batches: list[np.ndarray] = []
     if padded:
         # Sorted ascending, so the last pair of a batch is its longest: cost = count * length[last].

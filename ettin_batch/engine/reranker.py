@@ -151,7 +151,9 @@ class Reranker:
         padded = self._encoder is None
         out = np.empty(len(pairs), np.float32)
         pending = []  # device results; copied back once so the host never waits mid-stream
-        for index in pack_batches(pairs.lengths, self.max_tokens_per_batch, padded=padded):
+        # Pairs of one length in an order of their own (by content, not by arrival): a pair's float rounding
+        # depends on where it sits in a batch, so the same pairs give the same bits however they came in.
+        for index in pack_batches(pairs.lengths, self.max_tokens_per_batch, padded=padded, ties=pairs.content_keys()):
             pending.extend(self._run_with_split(pairs, index))
         for index, scores in pending:
             out[index] = scores.float().cpu().numpy()

@@ -52,6 +52,15 @@ class TokenizedPairs:
         """Tokens per pair, int64 [n]."""
         return np.diff(self.offsets)
 
+    def content_keys(self) -> np.ndarray:
+        """A 64-bit hash of each pair's token ids (uint64 [n]): the same pairs get the same keys, in any order."""
+        lengths = self.lengths
+        position = np.arange(len(self.input_ids)) - np.repeat(self.offsets[:-1], lengths)
+        with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
+            powers = np.cumprod(np.full(int(lengths.max(initial=1)), 0x100000001B3, np.uint64))
+            terms = (self.input_ids.astype(np.uint64) + np.uint64(1)) * powers[position]
+        return np.add.reduceat(terms, self.offsets[:-1]) if len(lengths) else np.zeros(0, np.uint64)
+
     @property
     def num_truncated(self) -> int:
         return int(self.truncated.sum())
