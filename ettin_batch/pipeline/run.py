@@ -109,6 +109,8 @@ def _let_ray_data_stop(timeout: float = 30.0) -> None:
 
 
 BLOCK_BYTES = 16 * 2**20  # Ray Data's blocks: ~16k real-text pairs, a second or two of one tokenize task
+READ_UNIT_BYTES = 16 * 2**20  # Parquet row groups per read task (Ray Data's default: 128 MiB)
+READ_UNIT_ENV = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
 
 
 class Run:
@@ -180,8 +182,18 @@ class Run:
     def read(self, files: list[str]):
         import ray
 
-        return ray.data.read_parquet(files, filesystem=self.plan.location.pa_fs, columns=self.plan.read_columns,
-                                     num_cpus=self.resources.cpus_per_task)
+        # Read tasks of READ_UNIT_BYTES (Ray Data packs row groups into units of up to 128 MiB, and a read's heap
+        # grows to ~8x its unit: ~1 GB), one in flight per scoring actor: a unit is read far faster than a model
+        # scores it, and every read running ahead holds its heap until the model catches up. RESULTS.md, Scale.
+        # Ray Data reads the unit size from the environment when the read is planned, here in the driver.
+        saved = os.environ.get(READ_UNIT_ENV)
+        os.environ[READ_UNIT_ENV] = saved or str(READ_UNIT_BYTES)  # a user's own setting wins
+        try:
+            return ray.data.read_parquet(files, filesystem=self.plan.location.pa_fs, columns=self.plan.read_columns,
+                                         num_cpus=self.resources.cpus_per_task, concurrency=self.resources.actors)
+        finally:
+            if saved is None:
+                os.environ.pop(READ_UNIT_ENV, None)
 
     def map(self, ds, fn, **fn_kwargs):
         """A CPU step over whole batches (pyarrow), sized like the tokenize tasks."""
