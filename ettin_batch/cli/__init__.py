@@ -16,9 +16,8 @@ import logging
 import signal
 import sys
 
-from ettin_batch import __version__, storage
+from ettin_batch import __version__, errors, storage
 from ettin_batch.cli import jobs, tools
-from ettin_batch import errors
 from ettin_batch.errors import EttinError
 
 EXIT_INTERRUPTED = 130

@@ -182,8 +182,8 @@ class Run:
     def read(self, files: list[str]):
         import ray
 
-        # Read tasks of READ_UNIT_BYTES (Ray Data packs row groups into units of up to 128 MiB, and a read's heap
-        # grows to ~8x its unit: ~1 GB), one in flight per scoring actor: a unit is read far faster than a model
+        # Read tasks of READ_UNIT_BYTES (Ray Data packs row groups into units of up to 128 MiB, and a worker
+        # reading one grew to ~1 GB), one in flight per scoring actor: a unit is read far faster than a model
         # scores it, and every read running ahead holds its heap until the model catches up. RESULTS.md, Scale.
         # Ray Data reads the unit size from the environment when the read is planned, here in the driver.
         saved = os.environ.get(READ_UNIT_ENV)
