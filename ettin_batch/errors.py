@@ -43,7 +43,7 @@ class RunFailed(EttinError, RuntimeError):
 
 # Ctrl-C, remembered. A KeyboardInterrupt can be swallowed on its way up (a finalizer or a library's
 # cleanup that catches everything happens to be running when it lands); the CLI's SIGINT handler
-# sets this as well as raising, so a run checks it before it calls itself finished.
+# sets this as well as raising, and RunFolder.finish checks it before any command writes _SUCCESS.json.
 interrupted = threading.Event()
 
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ettin_batch import storage
-from ettin_batch.errors import InputError, OutputError
+from ettin_batch.errors import InputError, OutputError, raise_if_interrupted
 
 log = logging.getLogger("ettin_batch")
 
@@ -210,7 +210,9 @@ class RunFolder:
         storage.remove_tree(self.loc, self.path(*parts))
 
     def finish(self, manifest: dict) -> None:
-        """Write _SUCCESS.json: the run is complete. Always the last write."""
+        """Write _SUCCESS.json: the run is complete. Always the last write; never after a Ctrl-C, even one that
+        something swallowed on its way up (errors.interrupted)."""
+        raise_if_interrupted()
         storage.write_json(self.loc, self.path(SUCCESS), {"kind": self.kind, **manifest})
 
     # --- reading a run back ------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from ettin_batch import storage
 from ettin_batch.config import ConfigError, JobConfig, dtype_name
-from ettin_batch.errors import EttinError, InputError, ModelLoadError, RunFailed, raise_if_interrupted
+from ettin_batch.errors import EttinError, InputError, ModelLoadError, RunFailed
 from ettin_batch.pipeline import manifest as mf
 from ettin_batch.pipeline.inputs import inspect_inputs
 from ettin_batch.pipeline.rejects import RejectsDir
@@ -234,7 +234,6 @@ class Run:
 
     def finish(self, scored: str, **extra) -> mf.RunResult:
         """Counts from the written files; the manifest (`extra` adds the job's own keys) to _SUCCESS.json."""
-        raise_if_interrupted()  # a Ctrl-C that something swallowed still leaves the run unfinished
         counts = {"in": self.plan.num_rows, "scored": self.folder.count_rows(scored),
                   "rejected": self.folder.count_rows(REJECTS), "truncated": self.totals["truncated"],
                   "blank_texts": self.totals["blank_texts"]}
