@@ -164,12 +164,19 @@ def test_unreachable_hub_says_to_pass_a_local_folder(monkeypatch):
 
 
 def test_random_model_has_the_real_shape_and_warns(caplog):
-    with caplog.at_level(logging.WARNING, logger="ettin_batch"):
+    from transformers.utils.logging import warning_once
+
+    warning_once.cache_clear()  # sentence-transformers warns once per process: let an earlier test not hide it
+    with caplog.at_level(logging.WARNING):
         rr = Reranker.from_pretrained("random:ettin-17m", max_length=64)
     assert "RANDOM weights" in caplog.text
+    # Saved in bfloat16 (below), loaded in float32: no "loaded in torch.bfloat16 on CPU" warning for a
+    # dtype the engine does not run in.
+    assert "bfloat16" not in caplog.text and rr.dtype == torch.float32
     assert rr.info["is_random"] and rr.info["model_id"] == "random:ettin-17m"
     saved = CrossEncoder(rr.info["path"], device="cpu")  # the folder the engine loaded, read by sentence-transformers
     cfg = saved[0].model.config
+    assert saved[0].model.dtype == torch.bfloat16
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads,
             cfg.vocab_size) == (7, 256, 384, 4, 50368)
     assert sum(p.numel() for p in saved.parameters()) == pytest.approx(17.6e6, rel=0.05)

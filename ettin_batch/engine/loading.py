@@ -115,12 +115,17 @@ def _max_positions(folder: Path) -> int | None:
 
 
 def load_cross_encoder(path: str, *, max_length: int, trust_remote_code: bool = False):
-    """The sentence-transformers CrossEncoder saved at `path`, float32 on the CPU, in eval mode."""
+    """The sentence-transformers CrossEncoder saved at `path`, float32 on the CPU, in eval mode.
+
+    Loaded in float32 whatever the saved dtype (the engine casts to its own dtype after): a model saved
+    in bfloat16 would otherwise load as bfloat16 and sentence-transformers would warn that it runs
+    slowly on the CPU, though the engine never runs it so."""
     check_model_folder(path)
+    import torch
     from sentence_transformers import CrossEncoder
 
     return CrossEncoder(path, device="cpu", max_length=max_length, trust_remote_code=trust_remote_code,
-                        model_kwargs={"use_safetensors": True}).eval()
+                        model_kwargs={"use_safetensors": True, "dtype": torch.float32}).eval()
 
 
 @dataclass
