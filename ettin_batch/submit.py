@@ -27,6 +27,7 @@ import sys
 import time
 
 from ettin_batch.errors import ConfigError
+from ettin_batch.pipeline.run import WORKER_ENV
 
 EXIT_FAILED = 1  # the job failed or was stopped, and its driver left no exit code of its own
 EXIT_INTERRUPTED = 130  # Ctrl-C while following: the job keeps running on the cluster
@@ -51,7 +52,8 @@ def entrypoint(job: list[str], commands=()) -> str:
 
 def build_runtime_env(working_dir: str | None, runtime_env_json: str | None, env: list[str],
                       environ: dict[str, str] | None = None) -> dict:
-    """The job's runtime_env: the JSON given, the working dir (with default excludes), the --env variables.
+    """The job's runtime_env: the JSON given, the working dir (with default excludes), the --env variables
+    and the workers' own settings (pipeline.run.WORKER_ENV).
 
     Raises ConfigError naming the flag at fault.
     """
@@ -83,8 +85,9 @@ def build_runtime_env(working_dir: str | None, runtime_env_json: str | None, env
                 raise ConfigError(f"--env {name}: {name} is not set here, so there is nothing to copy")
             value = environ[name]
         env_vars[name] = value
-    if env_vars:
-        runtime_env["env_vars"] = env_vars
+    for name, value in WORKER_ENV.items():  # what the job's workers need (pipeline.run), unless given here
+        env_vars.setdefault(name, value)
+    runtime_env["env_vars"] = env_vars
     return runtime_env
 
 

@@ -79,7 +79,8 @@ def ray_session(address: str | None):
             log.warning("connecting to the Ray cluster at %s", address)
             ray.init(address=address)
         else:  # no dashboard: its processes would take CPU from the model
-            ray.init(address="local", include_dashboard=False)
+            with worker_environment():
+                ray.init(address="local", include_dashboard=False)
     except (ConnectionError, TimeoutError, ValueError) as e:
         raise ConfigError(f"could not connect to Ray at {address}: {e}. Check --address / RAY_ADDRESS, or leave "
                           "both unset to run on a local Ray") from None
@@ -90,6 +91,26 @@ def ray_session(address: str | None):
         raise
     finally:
         ray.shutdown()
+
+
+# What the job's workers need in their environment, unless the user set it. pyarrow's allocator (mimalloc)
+# keeps the pages Arrow freed for a while: a worker that read Parquet held ~450-560 MiB as an idle worker,
+# the peak of a 2M-pair job; returned at once, the scale run's peak went from 1.22x to 1.13x of the 200k run's
+# (RESULTS.md, Scale). A local Ray's workers inherit it from here; a cluster's get it from `ettin-batch
+# submit`'s runtime_env or cluster/rayjob.yaml.
+WORKER_ENV = {"MIMALLOC_PURGE_DELAY": "0"}
+
+
+@contextlib.contextmanager
+def worker_environment():
+    """WORKER_ENV in os.environ while a local Ray starts (its raylet and so its workers inherit it)."""
+    added = {name: value for name, value in WORKER_ENV.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def _let_ray_data_stop(timeout: float = 30.0) -> None:
@@ -227,6 +248,14 @@ class Run:
                                        stats=self.stats, rejects=rejects))
 
     def write(self, ds, *parts: str, **options) -> None:
+        """Run the stages into `parts`, once the scoring actors of the last write have exited: the next
+        resume group's never load a model beside the last group's (score.wait_for_exit)."""
+        import ray
+
+        from ettin_batch.pipeline.score import wait_for_exit
+
+        if left := wait_for_exit(ray.get(self.stats.actor_processes.remote())):
+            log.info("%d scoring actor(s) of the last group still running: going on beside them", len(left))
         ds.write_parquet(self.folder.path(*parts), filesystem=self.folder.loc.pa_fs,
                          ray_remote_args={"num_cpus": self.resources.cpus_per_task}, **options)
 

@@ -6,6 +6,9 @@ live in `ettin_batch.engine`, which runs and is tested without Ray.
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pyarrow as pa
 import ray
@@ -39,6 +42,13 @@ class RunStats:
         self.figures = dict.fromkeys(FIGURES, 0)
         self.attempts: dict[str, int] = {}
         self.info: dict | None = None
+        self.processes: list[tuple[str, int]] = []  # (node id, pid) of every scoring actor started
+
+    def started(self, node: str, pid: int) -> None:
+        self.processes.append((node, pid))
+
+    def actor_processes(self) -> list[tuple[str, int]]:
+        return self.processes
 
     def add(self, figures: dict) -> None:
         for name, value in figures.items():
@@ -71,6 +81,56 @@ def check_same_tokenizer(reranker) -> None:
                              "(AutoTokenizer.from_pretrained(...).save_pretrained(...)) so that the two agree.")
 
 
+def wait_for_exit(processes: list[tuple[str, int]], timeout: float = 30.0) -> list[tuple[str, int]]:
+    """Wait until these (node id, pid) processes have exited; returns those still running after `timeout`.
+
+    Ray Data lets a finished dataset's actors go by dropping their handles: Ray then frees their CPUs and
+    GPUs at once, but each process takes a few more seconds to exit, holding its model (and its GPU
+    memory) until it has. A resume group that starts its actors in that time loads a second model beside
+    the first (the 2M-pair job's memory peak: RESULTS.md, Scale)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}  # a lost node's processes are gone
+    by_node: dict[str, list[int]] = {}
+    for node, pid in processes:
+        if node in alive:
+            by_node.setdefault(node, []).append(pid)
+    remote = {node: _wait_here.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+              .remote(pids, timeout) for node, pids in by_node.items() if node != here}
+    left = [(here, pid) for pid in _wait_for_pids(by_node.get(here, []), timeout)]
+    for node, ref in remote.items():
+        left += [(node, pid) for pid in ray.get(ref)]
+    return left
+
+
+def _wait_for_pids(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (running := [pid for pid in pids if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return running
+
+
+@ray.remote(num_cpus=0)
+def _wait_here(pids: list[int], timeout: float) -> list[int]:
+    return _wait_for_pids(pids, timeout)
+
+
+def _running(pid: int) -> bool:
+    """Whether the process runs (an exited one not yet reaped has freed its memory: it counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): only whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
 class ScorePairs:
     """Ray Data callable class: a batch of tokenized pairs in, the same rows with `score` out.
 
@@ -80,8 +140,6 @@ class ScorePairs:
     """
 
     def __init__(self, *, scoring: ScoringConfig, device: str, threads: int | None, stats, rejects: RejectsDir):
-        import time
-
         import torch
         from ray.data import DataContext
 
@@ -99,6 +157,7 @@ class ScorePairs:
         self.rejects = rejects
         self.stats = stats
         self.stats.set_info.remote(self.reranker.info)
+        self.stats.started.remote(ray.get_runtime_context().get_node_id(), os.getpid())
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Score every row (in a --reuse run, only the rows whose `score` is still null); rows the model

@@ -90,6 +90,13 @@ def test_rayjob_takes_aws_credentials_from_a_secret_on_every_pod_never_inline():
     assert not any(n in _load("rayjob.yaml")["spec"]["runtimeEnvYAML"] for n in CREDENTIAL_NAMES)
 
 
+def test_rayjob_gives_the_workers_the_settings_a_local_ray_gives_them():
+    from ettin_batch.pipeline.run import WORKER_ENV
+
+    env_vars = yaml.safe_load(_load("rayjob.yaml")["spec"]["runtimeEnvYAML"])["env_vars"]
+    assert WORKER_ENV.items() <= env_vars.items()
+
+
 def test_launcher_has_gpu_worker_types_installs_the_checkout_and_starts_ray_with_token_auth():
     config = _load("aws-gpu.yaml")
     assert config["provider"]["type"] == "aws"

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from ettin_batch.cli import SUBCOMMANDS, main
+from ettin_batch.pipeline.run import WORKER_ENV
 from ettin_batch.submit import REDACTED, build_runtime_env, entrypoint, redacted
 
 from helpers import free_port
@@ -27,7 +28,12 @@ def test_runtime_env_joins_the_json_the_working_dir_and_env_variables(tmp_path):
     env = build_runtime_env(str(tmp_path), '{"pip": ["flash-attn"], "env_vars": {"A": "1"}}',
                             ["B=2", "C"], environ={"C": "3"})
     assert env["pip"] == ["flash-attn"] and env["working_dir"] == str(tmp_path)
-    assert ".venv" in env["excludes"] and env["env_vars"] == {"A": "1", "B": "2", "C": "3"}
+    assert ".venv" in env["excludes"] and env["env_vars"] == {"A": "1", "B": "2", "C": "3", **WORKER_ENV}
+
+
+def test_the_workers_settings_go_with_the_job_unless_the_user_gave_their_own():
+    assert build_runtime_env(None, None, [])["env_vars"] == WORKER_ENV == {"MIMALLOC_PURGE_DELAY": "0"}
+    assert build_runtime_env(None, None, ["MIMALLOC_PURGE_DELAY=250"])["env_vars"]["MIMALLOC_PURGE_DELAY"] == "250"
 
 
 @pytest.mark.parametrize("name", ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "DB_PASSWORD",

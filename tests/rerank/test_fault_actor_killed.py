@@ -5,7 +5,9 @@ The kill lands at a known point: the engine's pause hook (ettin_batch.engine.fau
 actor inside a forward pass once it has scored 300 of the 1,200 pairs, and the test kills it
 there. A kill timed by the clock instead (the first version: 1 s after the actor came up) was
 flaky: with warm Ray workers the tiny model scores these pairs in about 2 s, so the kill
-sometimes came after the actor's last batch or after the job had ended."""
+sometimes came after the actor's last batch or after the job had ended.
+
+And the actors' lifecycle between resume groups: a group's actor ends before the next one starts."""
 
 from __future__ import annotations
 
@@ -103,3 +105,48 @@ def test_a_batch_that_kills_its_actor_every_time_fails_the_job_instead_of_loopin
     with injected(FaultHooks(crash_on_token=token)), pytest.raises(RunFailed, match="killed its scoring actor 4 times"):
         rerank(config)
     assert not (tmp_path / "out" / "_SUCCESS.json").exists()
+
+
+
+def _scoring_processes() -> set[int]:
+    """Pids of the scoring actors' processes on this machine, by their title (what they are while their
+    model loads, before the GCS knows their pid), zombies left out (they hold no memory)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                title = f.read()
+            with open(f"/proc/{entry}/stat") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except (OSError, ValueError):
+            continue
+        if title.startswith(b"ray::") and b"ScorePairs" in title and not zombie:
+            found.add(int(entry))
+    return found
+
+
+def test_a_resume_groups_scoring_actor_starts_only_once_the_last_groups_has_exited(tmp_path, ray_session):
+    """Each resume group runs its own actor pool. Ray frees a finished pool's CPUs at once, but its process
+    exits seconds later: the next group's actor must not load a model beside it (that overlap was the
+    2M-pair job's memory peak, RESULTS.md, Scale)."""
+    write_local(make_shards(files=3, pairs_per_file=200, seed=7), tmp_path / "in")
+    config = RerankConfig.of(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=TINY, batch_size=50,
+                             progress=False, group_rows=200)  # one file per group: three groups
+    earlier = _scoring_processes()  # other tests' actors, still exiting
+    seen, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.append(_scoring_processes() - earlier)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = rerank(config)
+    finally:
+        stop.set()
+        watcher.join()
+    assert result.manifest["resume"]["groups"] == 3
+    assert len(set().union(*seen)) == 3  # one actor process per group, each seen
+    assert max(len(running) for running in seen) == 1, [sorted(r) for r in seen if len(r) > 1][:3]

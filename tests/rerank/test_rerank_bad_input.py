@@ -274,6 +274,19 @@ def test_a_stale_ray_address_recorded_by_ray_start_is_ignored_for_a_local_ray(tm
     assert "pairs in 2" in out and (tmp_path / "out" / "_SUCCESS.json").exists()
 
 
+def test_a_local_rays_workers_get_the_worker_settings_and_the_caller_keeps_its_environment():
+    code = ("import os, ray\n"
+            "from ettin_batch.pipeline.run import ray_session\n"
+            "with ray_session(None):\n"
+            "    print(ray.get(ray.remote(lambda: os.environ.get('MIMALLOC_PURGE_DELAY')).remote()))\n"
+            "    print(os.environ.get('MIMALLOC_PURGE_DELAY'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MIMALLOC_PURGE_DELAY")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0", "None"]  # the workers' value; the driver's own environment as it was
+
+
 def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
     pq.write_table(GOOD, tmp_path / "in.parquet")
     job = _cli(["rerank", "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"), "--model",
