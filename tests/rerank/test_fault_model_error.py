@@ -46,7 +46,7 @@ def _first_attempt(batch_key):  # what RunStats.attempt answers for a batch neve
 
 def _no_stats():
     ignore = SimpleNamespace(remote=lambda *args, **kwargs: None)
-    return SimpleNamespace(add=ignore, set_info=ignore, attempt=SimpleNamespace(remote=_first_attempt))
+    return SimpleNamespace(add=ignore, set_info=ignore, started=ignore, attempt=SimpleNamespace(remote=_first_attempt))
 
 
 def test_the_scoring_step_rejects_only_the_pairs_the_model_raises_on_and_a_retry_rewrites_them(tmp_path, model, ray_session):
@@ -86,6 +86,7 @@ def test_an_error_outside_the_model_call_is_not_blamed_on_the_rows(tmp_path, mod
         raise ConnectionError("the stats actor is gone")
 
     stats = SimpleNamespace(add=SimpleNamespace(remote=broken), set_info=SimpleNamespace(remote=lambda info: None),
+                            started=SimpleNamespace(remote=lambda node, pid: None),
                             attempt=SimpleNamespace(remote=_first_attempt))
     step = ScorePairs(scoring=ScoringConfig(model=model, dtype="float32"), device="cpu", threads=None, stats=stats,
                       rejects=RejectsDir(str(tmp_path / "rejects"), fs))
