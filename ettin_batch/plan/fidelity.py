@@ -31,9 +31,10 @@ def reference_scores(path: str, queries: list[str], documents: list[str], *, max
     import torch
     from sentence_transformers import CrossEncoder
 
+    torch_dtype = getattr(torch, dtype)
     ce = CrossEncoder(path, max_length=max_length, device=device,
-                      model_kwargs={"use_safetensors": True, "dtype": getattr(torch, dtype)})
-    ce.to(getattr(torch, dtype))  # the head modules too
+                      model_kwargs={"use_safetensors": True, "dtype": torch_dtype})
+    ce.to(torch_dtype)  # the head modules: sentence-transformers casts them to the encoder's dtype, older ones may not
     scores = ce.predict(list(zip(queries, documents)), activation_fn=torch.nn.Identity(), batch_size=PREDICT_BATCH,
                         convert_to_numpy=True, show_progress_bar=False)
     return np.asarray(scores, np.float32).reshape(-1)

@@ -107,7 +107,6 @@ def test_a_batch_that_kills_its_actor_every_time_fails_the_job_instead_of_loopin
     assert not (tmp_path / "out" / "_SUCCESS.json").exists()
 
 
-
 def _scoring_processes() -> set[int]:
     """Pids of the scoring actors' processes on this machine, by their title (what they are while their
     model loads, before the GCS knows their pid), zombies left out (they hold no memory)."""
