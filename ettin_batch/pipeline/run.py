@@ -183,10 +183,15 @@ class Run:
                                   "(no GPU in the cluster, or --gpus-per-actor 0); use --attention auto")
             log.info("scoring on %s", self.resources)
             self.stats = RunStats.remote()
-            done = self.folder.begin()
-            with self.reporting():
-                yield done
-                self.totals = ray.get(self.stats.totals.remote())
+            try:
+                done = self.folder.begin()
+                with self.reporting():
+                    yield done
+                    self.totals = ray.get(self.stats.totals.remote())
+            finally:  # Ray Data's plans hold its handle in reference cycles: on a Ray that outlives the run
+                # (a caller's own ray.init, --address) the actor lived on until the driver's next full GC.
+                with contextlib.suppress(Exception):
+                    ray.kill(self.stats)
 
     @contextlib.contextmanager
     def reporting(self):

@@ -7,10 +7,12 @@ there. A kill timed by the clock instead (the first version: 1 s after the actor
 flaky: with warm Ray workers the tiny model scores these pairs in about 2 s, so the kill
 sometimes came after the actor's last batch or after the job had ended.
 
-And the actors' lifecycle between resume groups: a group's actor ends before the next one starts."""
+And the actors' lifecycle: a resume group's actor ends before the next one starts, and a run ends its own
+actors on a Ray that outlives it."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -30,11 +32,11 @@ from .faults import accounting, injected, make_shards, record, write_local
 PAUSE_AFTER_PAIRS = 300
 
 
-def _score_actors() -> list[dict]:
+def _score_actors(name: str = "ScorePairs") -> list[dict]:
     # GCS's actor table (the state API needs a dashboard, which the test Ray runs without).
     import ray
 
-    return [a for a in ray._private.state.actors().values() if "ScorePairs" in a["ActorClassName"]]
+    return [a for a in ray._private.state.actors().values() if name in a["ActorClassName"]]
 
 
 def test_killing_a_scoring_actor_mid_batch_loses_and_duplicates_nothing(tmp_path, ray_session):
@@ -149,3 +151,28 @@ def test_a_resume_groups_scoring_actor_starts_only_once_the_last_groups_has_exit
     assert result.manifest["resume"]["groups"] == 3
     assert len(set().union(*seen)) == 3  # one actor process per group, each seen
     assert max(len(running) for running in seen) == 1, [sorted(r) for r in seen if len(r) > 1][:3]
+
+
+def test_a_run_on_a_ray_that_outlives_it_leaves_none_of_its_actors_running(tmp_path, ray_session):
+    """A caller's own Ray (ray.init, --address) outlives the run: its stats and scoring actors must end with
+    it. Ray Data's plans hold the stats actor's handle in reference cycles, so it lived on (~165 MiB a run)
+    until the driver's next full GC; GC stays off here so that cannot hide it."""
+    write_local(make_shards(files=2, pairs_per_file=100, seed=3), tmp_path / "in")
+    config = RerankConfig.of(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=TINY, batch_size=50,
+                             progress=False)
+    def started() -> list[dict]:
+        return [a for name in ("RunStats", "ScorePairs") for a in _score_actors(name) if a["ActorID"] not in before]
+
+    before: set = set()
+    before = {a["ActorID"] for a in started()}
+    gc.disable()
+    try:
+        rerank(config)
+        deadline = time.monotonic() + 20
+        while any(a["State"] != "DEAD" for a in started()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        actors = started()
+    finally:
+        gc.enable()
+    assert {a["ActorClassName"] for a in actors} >= {"RunStats", "MapWorker(MapBatches(ScorePairs))"}
+    assert [a["ActorClassName"] for a in actors if a["State"] != "DEAD"] == []
