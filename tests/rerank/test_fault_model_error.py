@@ -38,22 +38,35 @@ def _poisoned(n: int, poisoned_at: tuple[int, ...], seed: int = 0) -> pa.Table:
     return table.set_column(table.column_names.index("document"), "document", pa.array(docs))
 
 
-def _first_attempt(batch_key):  # what RunStats.attempt answers for a batch never seen before
-    import ray
+def _stats():
+    """The job's own stats actor (a stand-in fell behind it once: the actor gained a report ScorePairs makes)."""
+    from ettin_batch.pipeline.score import RunStats
 
-    return ray.put(1)
+    return RunStats.remote()
 
 
-def _no_stats():
-    ignore = SimpleNamespace(remote=lambda *args, **kwargs: None)
-    return SimpleNamespace(add=ignore, set_info=ignore, started=ignore, attempt=SimpleNamespace(remote=_first_attempt))
+class _StatsThatCannotAdd:
+    """The real stats actor, but reporting figures raises, as a call to a lost actor can."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    @property
+    def add(self):
+        def broken(*args, **kwargs):
+            raise ConnectionError("the stats actor is gone")
+
+        return SimpleNamespace(remote=broken)
 
 
 def test_the_scoring_step_rejects_only_the_pairs_the_model_raises_on_and_a_retry_rewrites_them(tmp_path, model, ray_session):
     fs = pafs.LocalFileSystem()
     tokenized = Tokenize(ScoringConfig(model=model), RejectsDir(str(tmp_path / "tokenizer-rejects"), fs))(_poisoned(16, (3, 11)))
     assert tokenized.num_rows == 16  # the tokenizer takes every row; only the model fails
-    step = ScorePairs(scoring=ScoringConfig(model=model, dtype="float32"), device="cpu", threads=None, stats=_no_stats(),
+    step = ScorePairs(scoring=ScoringConfig(model=model, dtype="float32"), device="cpu", threads=None, stats=_stats(),
                       rejects=RejectsDir(str(tmp_path / "rejects"), fs))
     out = step(tokenized)
     assert out.num_rows == 14
@@ -71,7 +84,7 @@ def test_the_scoring_step_rejects_only_the_pairs_the_model_raises_on_and_a_retry
 def test_a_batch_where_every_pair_fails_alone_fails_instead_of_rejecting_everything(tmp_path, model, ray_session):
     fs = pafs.LocalFileSystem()
     tokenized = Tokenize(ScoringConfig(model=model), RejectsDir(str(tmp_path / "tokenizer-rejects"), fs))(_poisoned(4, (0, 1, 2, 3)))
-    step = ScorePairs(scoring=ScoringConfig(model=model, dtype="float32"), device="cpu", threads=None, stats=_no_stats(),
+    step = ScorePairs(scoring=ScoringConfig(model=model, dtype="float32"), device="cpu", threads=None, stats=_stats(),
                       rejects=RejectsDir(str(tmp_path / "rejects"), fs))
     with pytest.raises(RuntimeError, match="the model or the device is broken"):
         step(tokenized)
@@ -82,12 +95,7 @@ def test_an_error_outside_the_model_call_is_not_blamed_on_the_rows(tmp_path, mod
     fs = pafs.LocalFileSystem()
     tokenized = Tokenize(ScoringConfig(model=model), RejectsDir(str(tmp_path / "tokenizer-rejects"), fs))(_poisoned(4, ()))
 
-    def broken(*args, **kwargs):
-        raise ConnectionError("the stats actor is gone")
-
-    stats = SimpleNamespace(add=SimpleNamespace(remote=broken), set_info=SimpleNamespace(remote=lambda info: None),
-                            started=SimpleNamespace(remote=lambda node, pid: None),
-                            attempt=SimpleNamespace(remote=_first_attempt))
+    stats = _StatsThatCannotAdd(_stats())
     step = ScorePairs(scoring=ScoringConfig(model=model, dtype="float32"), device="cpu", threads=None, stats=stats,
                       rejects=RejectsDir(str(tmp_path / "rejects"), fs))
     with pytest.raises(ConnectionError):
