@@ -152,7 +152,8 @@ class JobConfig(_Checked):
     actors:  scoring actors; default one per GPU (by gpus_per_actor), or 1 on a CPU-only cluster.
     gpus_per_actor: GPUs each actor reserves when the cluster has GPUs; 0 forces CPU scoring.
     cpus_per_actor: CPUs each actor reserves (default 1 on GPU, the CPUs left on CPU).
-    batch_size: pairs per Ray batch handed to the tokenize tasks and the scoring actors.
+    batch_size: pairs per Ray batch handed to the tokenize tasks and the scoring actors; default 4096 when the
+             actors score on GPUs, 1024 on CPUs (pipeline.run.batch_size).
     columns: input column names of the four roles.
     passthrough: extra input columns copied to the output; None keeps every other column, [] none.
     address: Ray cluster address; None uses RAY_ADDRESS or starts a local Ray.
@@ -174,7 +175,7 @@ class JobConfig(_Checked):
     actors: int | None = None
     gpus_per_actor: float = 1.0
     cpus_per_actor: float | None = None
-    batch_size: int = 1024
+    batch_size: int | None = None
     columns: Columns = field(default_factory=Columns)
     passthrough: list[str] | None = None
     address: str | None = None
@@ -240,8 +241,7 @@ class JobConfig(_Checked):
         if self.WRITES_OUTPUT and not self.output:
             raise ConfigError("no output: pass --output PATH (a local folder or s3://bucket/prefix/)")
         self.scoring.validate()
-        _positive("batch_size", self.batch_size)
-        for name in ("actors", "s3_max_attempts"):
+        for name in ("actors", "batch_size", "s3_max_attempts"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         if self.gpus_per_actor < 0:

@@ -33,7 +33,7 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actors", type=int, help="scoring actors (default: one per GPU, 1 without GPUs)")
     p.add_argument("--gpus-per-actor", type=float, help="GPUs per scoring actor (default 1; 0 scores on CPU)")
     p.add_argument("--cpus-per-actor", type=float, help="CPUs per scoring actor")
-    p.add_argument("--batch-size", type=int, help="pairs per Ray batch (default 1024)")
+    p.add_argument("--batch-size", type=int, help="pairs per Ray batch (default 4096 on GPUs, 1024 on CPUs)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="hide Ray Data's progress bars")
@@ -143,7 +143,7 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
     to forecast it on and the sample; no output, no Ray."""
     _add_input_flags(p)
     _add_scoring_flags(p)
-    p.add_argument("--batch-size", type=int, help="pairs per Ray batch in the run (default 1024)")
+    p.add_argument("--batch-size", type=int, help="pairs per Ray batch in the run (default 4096 on GPUs, 1024 on CPUs)")
     p.add_argument("--cpus-per-actor", type=float, help="CPUs each scoring actor holds in the run (default 1)")
     p.add_argument("--group-rows", type=int, help="the run's --group-rows (one model load per group)")
     p.add_argument("--reuse", metavar="PREVIOUS_OUTPUT",

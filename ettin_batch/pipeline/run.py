@@ -47,6 +47,22 @@ class Resources:
     cpus_per_task: float  # read, tokenize and write tasks
     device: str
     threads: int | None  # torch threads in a CPU actor
+    batch_size: int  # pairs per tokenize task batch and actor call
+    calls_per_actor: int  # actor calls Ray Data runs at once: the model runs one at a time, the rest is overlap
+
+
+# One actor call is one Ray batch. On a GPU an actor's own work per call (Ray handing it the block and taking
+# the output back, Arrow to token arrays, packing) leaves the GPU idle unless it is small next to the model's
+# time, or hidden behind it. With a 17M-fast stand-in for the GPU, one actor kept it busy 53-55% of the time at
+# 1,024 pairs and one call at a time, 83-86% at 4,096 pairs with the next call prepared beside the running one
+# (benchmarks/bench_actor_feed.py, RESULTS.md). On a CPU the model takes seconds a call, so small batches keep
+# progress and retries fine-grained and the actor's memory low.
+GPU_BATCH, CPU_BATCH = 4096, 1024
+
+
+def batch_size(config: JobConfig, gpu: bool) -> int:
+    """Pairs per Ray batch: the config's, else GPU_BATCH or CPU_BATCH."""
+    return config.batch_size or (GPU_BATCH if gpu else CPU_BATCH)
 
 
 def plan_resources(config: JobConfig, cluster: dict) -> Resources:
@@ -54,13 +70,14 @@ def plan_resources(config: JobConfig, cluster: dict) -> Resources:
     gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
     if gpus > 0 and config.gpus_per_actor > 0:
         actors = config.actors or max(1, int(gpus // config.gpus_per_actor))
-        return Resources(actors, config.gpus_per_actor, config.cpus_per_actor or 1.0, 1.0, "cuda", None)
+        return Resources(actors, config.gpus_per_actor, config.cpus_per_actor or 1.0, 1.0, "cuda", None,
+                         batch_size(config, gpu=True), calls_per_actor=2)
     actors = config.actors or 1
     # Ray Data's ListFiles step asks for one whole CPU, so the actors leave one free (or the job
     # stalls); the model still gets threads for every core, since tokenizing costs a few percent of it.
     per_actor = config.cpus_per_actor or max(0.5, (cpus - 1) / actors)
     threads = max(1, math.ceil(config.cpus_per_actor)) if config.cpus_per_actor else max(1, int(cpus // actors))
-    return Resources(actors, 0.0, per_actor, 0.25, "cpu", threads)
+    return Resources(actors, 0.0, per_actor, 0.25, "cpu", threads, batch_size(config, gpu=False), calls_per_actor=1)
 
 
 @contextlib.contextmanager
@@ -132,6 +149,17 @@ def _let_ray_data_stop(timeout: float = 30.0) -> None:
 BLOCK_BYTES = 16 * 2**20  # Ray Data's blocks: ~16k real-text pairs, a second or two of one tokenize task
 READ_UNIT_BYTES = 16 * 2**20  # Parquet row groups per read task (Ray Data's default: 128 MiB)
 READ_UNIT_ENV = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
+
+
+def actor_pool(res: Resources):
+    """Ray Data's pool of scoring actors. min == max: every actor loads its model at the start, none waits to be
+    scaled up. With more than one call at once, Ray Data prepares the next call (its input block, the last
+    one's output) beside the running one and queues a few more; the model still runs one call at a time."""
+    from ray.data import ActorPoolStrategy
+
+    overlap = {} if res.calls_per_actor == 1 else dict(max_concurrent_calls_per_actor=res.calls_per_actor,
+                                                          max_tasks_in_flight_per_actor=4 * res.calls_per_actor)
+    return ActorPoolStrategy(min_size=res.actors, max_size=res.actors, **overlap)
 
 
 class Run:
@@ -223,7 +251,7 @@ class Run:
 
     def map(self, ds, fn, **fn_kwargs):
         """A CPU step over whole batches (pyarrow), sized like the tokenize tasks."""
-        return ds.map_batches(fn, batch_format="pyarrow", batch_size=self.config.batch_size,
+        return ds.map_batches(fn, batch_format="pyarrow", batch_size=self.resources.batch_size,
                               num_cpus=self.resources.cpus_per_task, fn_kwargs=fn_kwargs or None)
 
     def canonical(self, ds, header: bytes | None = None):
@@ -239,15 +267,11 @@ class Run:
     def score(self, ds, rejects: RejectsDir):
         """The scoring actor pool: one model per actor (per GPU), all started together; a pair the model
         raises on goes to `rejects`. Ray Data restarts a dead actor and resubmits its batch."""
-        from ray.data import ActorPoolStrategy
-
         from ettin_batch.pipeline.score import ScorePairs
 
         res = self.resources
         return ds.map_batches(
-            ScorePairs, batch_format="pyarrow", batch_size=self.config.batch_size,
-            # min == max: every actor loads its model at the start, none waits to be scaled up.
-            compute=ActorPoolStrategy(min_size=res.actors, max_size=res.actors),
+            ScorePairs, batch_format="pyarrow", batch_size=res.batch_size, compute=actor_pool(res),
             num_gpus=res.gpus_per_actor or None, num_cpus=res.cpus_per_actor,
             fn_constructor_kwargs=dict(scoring=self.scoring, device=res.device, threads=res.threads,
                                        stats=self.stats, rejects=rejects))

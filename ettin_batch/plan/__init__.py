@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from ettin_batch.config import PlanConfig, dtype_name
 from ettin_batch.errors import InputError
 from ettin_batch.pipeline.inputs import inspect_inputs
-from ettin_batch.pipeline.run import plan_resources
+from ettin_batch.pipeline.run import batch_size, plan_resources
 from ettin_batch.pipeline.reuse import FINGERPRINT_COL, fingerprint_header, open_previous, scored_before
 from ettin_batch.plan import fidelity as fid
 from ettin_batch.plan.forecast import Cluster, Forecast, Rates, forecast
@@ -77,7 +77,8 @@ def plan(config: PlanConfig, *, faults=None) -> PlanReport:
     sample = draw_sample(inputs, config.columns, config.sample, config.seed)
     job_dtype = dtype_name(scoring.dtype, "cuda" if config.gpus else "cpu")
     header = fingerprint_header(model.model_id, model.revision, scoring.max_length, job_dtype)
-    stage, out = run_cpu_stage(sample.table, inputs, scoring, header, config.batch_size)
+    batch = batch_size(config, gpu=bool(config.gpus))  # the job's batches on the cluster planned for
+    stage, out = run_cpu_stage(sample.table, inputs, scoring, header, batch)
     if out.num_rows == 0:
         raise InputError(f"none of the {sample.table.num_rows:,} sampled pairs can be scored (null ids or texts, or "
                          "text the tokenizer refuses): check the input's columns (`ettin-batch rerank` would reject "
@@ -85,7 +86,7 @@ def plan(config: PlanConfig, *, faults=None) -> PlanReport:
     pairs = tokenized_pairs(out)
     cluster = _cluster(config)
     engine, load_s = load_engine(scoring, _local_device(), faults)
-    run, scores = measure_model(engine, pairs, config.batch_size, load_s, cluster.threads)
+    run, scores = measure_model(engine, pairs, batch, load_s, cluster.threads)
     rates = Rates(run.pairs_per_s, engine.device.type, stage.fingerprint_s / stage.pairs_in,
                   stage.tokenize_s / stage.pairs_in, load_s)
     groups = len(shard_groups(inputs, config.group_rows))

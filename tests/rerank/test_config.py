@@ -116,3 +116,14 @@ def test_a_teacher_config_has_no_top_k_reuse_or_group_rows(tmp_path):
     path.write_text("input: in/\noutput: out/\ngroup_rows: 10\n")
     with pytest.raises(ConfigError, match="unknown config key.*group_rows"):
         TeacherConfig.from_file(path)
+
+
+def test_batches_are_4096_pairs_on_gpus_and_1024_on_cpus_unless_set():
+    from ettin_batch.pipeline.run import plan_resources
+
+    config = RerankConfig.of(input=["in/"], output="out/")
+    gpu, cpu = plan_resources(config, {"GPU": 8, "CPU": 96}), plan_resources(config, {"CPU": 16})
+    assert (gpu.batch_size, gpu.calls_per_actor, gpu.actors) == (4096, 2, 8)
+    assert (cpu.batch_size, cpu.calls_per_actor, cpu.actors) == (1024, 1, 1)
+    assert {plan_resources(config.replace(batch_size=64), cluster).batch_size
+            for cluster in ({"GPU": 8, "CPU": 96}, {"CPU": 16})} == {64}

@@ -12,6 +12,7 @@ actors on a Ray that outlives it."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import signal
@@ -39,7 +40,19 @@ def _score_actors(name: str = "ScorePairs") -> list[dict]:
     return [a for a in ray._private.state.actors().values() if name in a["ActorClassName"]]
 
 
-def test_killing_a_scoring_actor_mid_batch_loses_and_duplicates_nothing(tmp_path, ray_session):
+@pytest.fixture(params=[1, 2], ids=["one call at a time", "calls overlapped as on a GPU"])
+def calls_per_actor(request, monkeypatch):
+    """The scoring actors take one call at a time (CPU), or, as GPU actors do, two at once with more queued
+    (pipeline.run.plan_resources): a killed actor then loses its queued calls too."""
+    from ettin_batch.pipeline import run
+
+    layout = run.plan_resources
+    monkeypatch.setattr(run, "plan_resources",
+                        lambda config, cluster: dataclasses.replace(layout(config, cluster), calls_per_actor=request.param))
+    return request.param
+
+
+def test_killing_a_scoring_actor_mid_batch_loses_and_duplicates_nothing(tmp_path, ray_session, calls_per_actor):
     shards = make_shards(files=6, pairs_per_file=200)
     write_local(shards, tmp_path / "in")
     out, marker = tmp_path / "out", tmp_path / "paused"
@@ -81,7 +94,8 @@ def test_killing_a_scoring_actor_mid_batch_loses_and_duplicates_nothing(tmp_path
     figures = accounting(inputs, scores)
     manifest = outcome["result"].manifest
     record("test_killing_a_scoring_actor_mid_batch_loses_and_duplicates_nothing",
-           {"fault": f"scoring actor SIGKILLed inside a forward pass after {PAUSE_AFTER_PAIRS} pairs", **figures,
+           {"fault": f"scoring actor SIGKILLed inside a forward pass after {PAUSE_AFTER_PAIRS} pairs "
+                     f"({calls_per_actor} call(s) at once)", **figures,
             "job_seconds_after_kill": round(finished - killed["at"], 1),
             "actor_restarts": restarts, "replacement_actors": replacements,
             "model_pairs": manifest["model_pairs"]})
