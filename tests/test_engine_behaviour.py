@@ -48,6 +48,18 @@ def test_the_same_pairs_in_another_order_give_the_same_bits(reranker):
         assert shuffled.tobytes() == scores[perm].tobytes()
 
 
+def test_pairs_of_one_length_are_packed_in_the_order_of_the_keys_given(reranker):
+    # The job passes each row's pair fingerprint as the key; any key that goes with the pair keeps the bits.
+    queries, documents = random_texts(96, 3, 3, seed=23), random_texts(96, 20, 20, seed=24)
+    pairs = reranker.tokenizer(queries, documents)
+    keys = np.random.default_rng(0).permutation(len(queries)).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    scores = reranker.score_tokens(pairs, keys)
+    np.testing.assert_allclose(scores, reranker.score_tokens(pairs), atol=1e-5)
+    for seed in (1, 2):
+        perm = np.random.default_rng(seed).permutation(len(queries))
+        assert reranker.score_tokens(pairs.take(perm), keys[perm]).tobytes() == scores[perm].tobytes()
+
+
 def test_token_budget_does_not_change_scores(model, reranker):
     small = Reranker.from_pretrained(str(model), max_length=128, max_tokens_per_batch=128)
     np.testing.assert_allclose(small.score(QUERIES, DOCUMENTS), reranker.score(QUERIES, DOCUMENTS), atol=1e-5)

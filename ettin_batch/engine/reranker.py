@@ -145,15 +145,19 @@ class Reranker:
         return [(int(i), float(scores[i])) for i in best]
 
     @torch.inference_mode()
-    def score_tokens(self, pairs: TokenizedPairs) -> np.ndarray:
-        """Raw logits (float32 [n]) for already tokenized pairs, in input order."""
+    def score_tokens(self, pairs: TokenizedPairs, ties: np.ndarray | None = None) -> np.ndarray:
+        """Raw logits (float32 [n]) for already tokenized pairs, in input order.
+
+        ties: a uint64 key per pair, any function of the pair's content (default: a hash of its token ids;
+        the job passes its pair fingerprints, already computed). Pairs of one length are packed in key order,
+        not arrival order: a pair's float rounding depends on where it sits in a batch, so the same pairs
+        give the same bits however they came in."""
         start = time.perf_counter()
         padded = self._encoder is None
         out = np.empty(len(pairs), np.float32)
         pending = []  # device results; copied back once so the host never waits mid-stream
-        # Pairs of one length in an order of their own (by content, not by arrival): a pair's float rounding
-        # depends on where it sits in a batch, so the same pairs give the same bits however they came in.
-        for index in pack_batches(pairs.lengths, self.max_tokens_per_batch, padded=padded, ties=pairs.content_keys()):
+        ties = pairs.content_keys() if ties is None else ties
+        for index in pack_batches(pairs.lengths, self.max_tokens_per_batch, padded=padded, ties=ties):
             pending.extend(self._run_with_split(pairs, index))
         for index, scores in pending:
             out[index] = scores.float().cpu().numpy()

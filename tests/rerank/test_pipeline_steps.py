@@ -135,3 +135,19 @@ def test_a_scoring_actor_refuses_a_model_whose_tokenizer_json_is_not_the_one_it_
     shutil.copy(build_bert_classifier(tmp_path / "bert") / "tokenizer.json", tmp_path / "model" / "tokenizer.json")
     with pytest.raises(ModelLoadError, match="would give other token ids"):
         check_same_tokenizer(reranker)
+
+
+def test_the_scoring_step_reads_each_rows_fingerprint_as_its_packing_key():
+    import numpy as np
+
+    from ettin_batch.pipeline.reuse import fingerprints
+    from ettin_batch.pipeline.score import fingerprint_keys
+
+    queries, documents = pa.array([f"q{i}" for i in range(10)]), pa.array([f"doc {i}" for i in range(10)])
+    table = pa.table({"query": queries, "pair_fingerprint": fingerprints(queries, documents, b"header")})
+    table = pa.concat_tables([table.slice(0, 4), table.slice(4)]).slice(3, 6)  # two chunks, an offset
+    want = [int.from_bytes(fp[:8], "little") for fp in table["pair_fingerprint"].to_pylist()]
+    assert fingerprint_keys(table).tolist() == want and len(set(want)) == 6
+    assert fingerprint_keys(table.drop_columns(["pair_fingerprint"])) is None
+    assert fingerprint_keys(pa.table({"pair_fingerprint": pa.array([b"x" * 16, None], pa.binary(16))})) is None
+    assert fingerprint_keys(table).dtype == np.uint64
