@@ -174,11 +174,12 @@ def test_a_run_on_a_ray_that_outlives_it_leaves_none_of_its_actors_running(tmp_p
     write_local(make_shards(files=2, pairs_per_file=100, seed=3), tmp_path / "in")
     config = RerankConfig.of(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=TINY, batch_size=50,
                              progress=False)
-    def started() -> list[dict]:
-        return [a for name in ("RunStats", "ScorePairs") for a in _score_actors(name) if a["ActorID"] not in before]
+    ours = ("RunStats", "ScorePairs")
+    before = {a["ActorID"] for name in ours for a in _score_actors(name)}
 
-    before: set = set()
-    before = {a["ActorID"] for a in started()}
+    def started() -> list[dict]:
+        return [a for name in ours for a in _score_actors(name) if a["ActorID"] not in before]
+
     gc.disable()
     try:
         rerank(config)
