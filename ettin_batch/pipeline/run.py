@@ -88,9 +88,13 @@ def ray_session(address: str | None):
     import ray
 
     if ray.is_initialized():
+        if ray.util.client.ray.is_connected():
+            raise ConfigError(_RAY_CLIENT.format(what="this process's Ray (ray.init('ray://...'))"))
         yield ray.cluster_resources()
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith("ray://"):  # refused before connecting: nothing is written
+        raise ConfigError(_RAY_CLIENT.format(what=f"the Ray address {address}"))
     try:
         if address:
             log.warning("connecting to the Ray cluster at %s", address)
@@ -108,6 +112,13 @@ def ray_session(address: str | None):
         raise
     finally:
         ray.shutdown()
+
+
+# Ray Data's executor needs a driver on the cluster: through Ray Client it fails once the dataset starts
+# (Ray 2.60: "'Worker' object has no attribute 'core_worker'"), after the output folder is begun.
+_RAY_CLIENT = ("{what} goes through Ray Client, and Ray Data cannot run a job through Ray Client. Submit the job to the "
+               "cluster instead, to the dashboard's address: `ettin-batch submit --address http://HEAD:8265 -- "
+               "<this command>`; or run it on a node of the cluster with --address HEAD:6379")
 
 
 # What the job's workers need in their environment, unless the user set it. pyarrow's allocator (mimalloc)

@@ -37,6 +37,7 @@ class LocalCluster:
     gcs_address: str
     dashboard_url: str
     env: dict[str, str]
+    client_address: str = ""  # the head's Ray Client server, ray://...
     procs: list[subprocess.Popen] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
 
@@ -52,8 +53,9 @@ class LocalCluster:
         if head:
             port = int(self.gcs_address.rsplit(":", 1)[1])
             dash = int(self.dashboard_url.rsplit(":", 1)[1])
+            self.client_address = f"ray://127.0.0.1:{free_port()}"
             cmd += ["--head", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-                    f"--ray-client-server-port={free_port()}", "--include-dashboard=true"]
+                    f"--ray-client-server-port={self.client_address.rsplit(':', 1)[1]}", "--include-dashboard=true"]
         else:
             cmd.append(f"--address={self.gcs_address}")
         log = self.temp_dir / f"ray-start-{n}.log"

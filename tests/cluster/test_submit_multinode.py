@@ -96,3 +96,27 @@ def test_ray_job_submit_runs_the_job_entry_point_with_the_nightly_config(run, ra
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     manifest = json.loads((out / "_SUCCESS.json").read_text())
     assert manifest["counts"]["scored"] == 72 and manifest["top_k"] == 10  # top_k from nightly.yaml
+
+
+
+def test_a_process_connected_through_ray_client_is_refused_before_anything_is_written(ray_cluster, run, tmp_path):
+    """Ray Data cannot run through Ray Client (in Ray 2.60 the job failed once its dataset started, its
+    output folder begun): a process connected with ray.init('ray://...') gets a ConfigError naming submit."""
+    code = ("import ray, sys\n"
+            "from ettin_batch import rerank\n"
+            "from ettin_batch.config import RerankConfig\n"
+            "from ettin_batch.errors import ConfigError\n"
+            f"ray.init({ray_cluster.client_address!r})\n"
+            "try:\n"
+            f"    rerank(RerankConfig.of(input=[{str(run['folder'])!r}], output={str(tmp_path / 'out')!r},\n"
+            f"                           model={TINY!r}, progress=False))\n"
+            "except ConfigError as e:\n"
+            "    print(e)\n"
+            "    sys.exit(2)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(ray_cluster.env)  # Ray Client sends the token only with RAY_AUTH_MODE=token beside it
+    refused = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-3000:]
+    assert "goes through Ray Client" in refused.stdout and "ettin-batch submit --address http://" in refused.stdout
+    assert not (tmp_path / "out").exists()

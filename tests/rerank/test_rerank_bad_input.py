@@ -274,6 +274,21 @@ def test_a_stale_ray_address_recorded_by_ray_start_is_ignored_for_a_local_ray(tm
     assert "pairs in 2" in out and (tmp_path / "out" / "_SUCCESS.json").exists()
 
 
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_a_ray_client_address_is_refused_before_anything_is_written_and_says_to_submit(tmp_path, how):
+    # Ray Data cannot run through Ray Client: the job used to connect, begin the output folder, then fail
+    # inside Ray Data with "'Worker' object has no attribute 'core_worker'" (exit 4, "resume it").
+    pq.write_table(GOOD, tmp_path / "in.parquet")
+    address = "ray://127.0.0.1:9"  # nothing listens: the refusal must come before any connection
+    args = ["rerank", "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"), "--model", TINY,
+            "--no-progress"]
+    job = _cli(args + ["--address", address], {}) if how == "flag" else _cli(args, {"RAY_ADDRESS": address})
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 2, err[-2000:]
+    assert f"the Ray address {address} goes through Ray Client" in err and "ettin-batch submit --address" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_local_rays_workers_get_the_worker_settings_and_the_caller_keeps_its_environment():
     code = ("import os, ray\n"
             "from ettin_batch.pipeline.run import ray_session\n"
