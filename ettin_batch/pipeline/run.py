@@ -294,7 +294,7 @@ class Run:
 
         from ettin_batch.pipeline.score import wait_for_exit
 
-        if left := wait_for_exit(ray.get(self.stats.actor_processes.remote())):
+        if left := wait_for_exit(ray.get(self.stats.take_actor_processes.remote())):
             log.info("%d scoring actor(s) of the last group still running: going on beside them", len(left))
         ds.write_parquet(self.folder.path(*parts), filesystem=self.folder.loc.pa_fs,
                          ray_remote_args={"num_cpus": self.resources.cpus_per_task}, **options)

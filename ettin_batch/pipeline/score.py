@@ -42,13 +42,16 @@ class RunStats:
         self.figures = dict.fromkeys(FIGURES, 0)
         self.attempts: dict[str, int] = {}
         self.info: dict | None = None
-        self.processes: list[tuple[str, int]] = []  # (node id, pid) of every scoring actor started
+        self.processes: list[tuple[str, int]] = []  # (node id, pid) of scoring actors started, not yet taken
 
     def started(self, node: str, pid: int) -> None:
         self.processes.append((node, pid))
 
-    def actor_processes(self) -> list[tuple[str, int]]:
-        return self.processes
+    def take_actor_processes(self) -> list[tuple[str, int]]:
+        """The scoring actors started since the last call: each is waited for once, so a pid that the
+        system hands to another process later in a long run is never mistaken for one of ours."""
+        taken, self.processes = self.processes, []
+        return taken
 
     def add(self, figures: dict) -> None:
         for name, value in figures.items():

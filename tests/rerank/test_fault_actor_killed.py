@@ -167,6 +167,25 @@ def test_a_resume_groups_scoring_actor_starts_only_once_the_last_groups_has_exit
     assert max(len(running) for running in seen) == 1, [sorted(r) for r in seen if len(r) > 1][:3]
 
 
+def test_each_scoring_actor_process_is_handed_to_one_wait_only(ray_session):
+    """A later group's wait must not check the pids of actors an earlier wait saw exit: the system may have
+    given such a pid to another process since, and the job would wait out the cap for a stranger."""
+    import ray
+
+    from ettin_batch.pipeline.score import RunStats
+
+    stats = RunStats.remote()
+    try:
+        stats.started.remote("node-a", 101)
+        stats.started.remote("node-b", 102)
+        assert ray.get(stats.take_actor_processes.remote()) == [("node-a", 101), ("node-b", 102)]
+        stats.started.remote("node-a", 103)
+        assert ray.get(stats.take_actor_processes.remote()) == [("node-a", 103)]
+        assert ray.get(stats.take_actor_processes.remote()) == []
+    finally:
+        ray.kill(stats)
+
+
 def test_a_run_on_a_ray_that_outlives_it_leaves_none_of_its_actors_running(tmp_path, ray_session):
     """A caller's own Ray (ray.init, --address) outlives the run: its stats and scoring actors must end with
     it. Ray Data's plans hold the stats actor's handle in reference cycles, so it lived on (~165 MiB a run)
