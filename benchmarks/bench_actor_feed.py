@@ -9,6 +9,8 @@ simulated device (len(batch) / --gpu-pairs-per-s) and returns at once, as kernel
 engine's call waits for the device at its end, as its one copy back to the host does (a sleep
 releases the GIL, as a wait on CUDA does). The input blocks come tokenized, so the tokenize tasks
 (which scale with the node's CPUs) are not what is timed; the output goes through a Parquet write.
+Each block is one actor task of several calls (--block-pairs; the job's 16 MiB blocks hold ~20,000
+tokenized pairs), as in the job.
 
 Reports, per Ray batch size and per way the actor takes its calls (MODES), pairs/s through the actor
 and the share of the device's time it was busy (1.0: the actor's own work hides nothing from the
@@ -16,6 +18,7 @@ GPU), and, for one call at a time, the median milliseconds per call in the call,
 between calls (Ray Data's side).
 
     python benchmarks/bench_actor_feed.py [--pairs 200000] [--gpu-pairs-per-s 45000] [--batch-sizes 1024,4096]
+        [--block-pairs 16384] [--modes serial,prefetch,job-gpu]
 """
 
 from __future__ import annotations
@@ -105,11 +108,10 @@ def tokenized_blocks(pairs: int, block: int) -> list[pa.Table]:
     return [table.slice(i, block) for i in range(0, pairs, block)]
 
 
-# How the actor takes its calls: one at a time (the job's CPU actors); as the job's GPU actors do
-# (pipeline.run.actor_pool: Ray Data prepares the next call beside the running one, the UDF runs one call at a
-# time); two UDF calls at once (not in the job: ScorePairs would have to be thread-safe, and the GPU would hold
-# two batches' activations).
-MODES = {"serial": 1, "job-gpu": 2, "threads": 2}
+# How the actor takes its calls: one at a time (the job's CPU actors); Ray Data preparing the next call beside
+# the running one while the UDF still takes one call at a time (the job's GPU actors from fb0552e to 2026-12-07);
+# as the job's GPU actors do now (pipeline.run.actor_pool: two calls in threads, the model under ScorePairs' lock).
+MODES = ("serial", "prefetch", "job-gpu")
 
 
 def pool(mode: str):
@@ -117,9 +119,9 @@ def pool(mode: str):
 
     from ettin_batch.pipeline.run import Resources, actor_pool
 
-    if mode == "threads":
-        return ActorPoolStrategy(size=1, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True)
-    return actor_pool(Resources(1, 1.0, 1.0, 1.0, "cuda", None, 0, calls_per_actor=MODES[mode]))
+    if mode == "prefetch":
+        return ActorPoolStrategy(size=1, max_concurrent_calls_per_actor=2, max_tasks_in_flight_per_actor=8)
+    return actor_pool(Resources(1, 1.0, 1.0, 1.0, "cuda", None, 0, calls_per_actor=1 if mode == "serial" else 2))
 
 
 def run(blocks: list[pa.Table], batch_size: int, mode: str, gpu_pairs_per_s: float, out: Path) -> dict:
@@ -141,12 +143,14 @@ def run(blocks: list[pa.Table], batch_size: int, mode: str, gpu_pairs_per_s: flo
     done, per_call = calls["t_done"].to_numpy(), calls["t_done_count"].to_numpy()
     pairs_per_s = (pairs - per_call[0]) / (done[-1] - done[0])  # from the first call's end to the last's
     host = calls["call_s_max"].to_numpy() - calls["gpu_s_max"].to_numpy()
-    return {"batch_size": batch_size, "mode": mode, "pairs": pairs, "calls": len(done), "pairs_per_s": round(pairs_per_s),
-            "gpu_busy": round(pairs_per_s / gpu_pairs_per_s, 3),
-            "median_ms": {"in_call_host": round(1e3 * float(np.median(host)), 2),
-                          "between_calls": round(1e3 * float(np.nanmedian(calls["gap_s_max"].to_numpy())), 2),
-                          "gpu": round(1e3 * float(np.median(calls["gpu_s_max"].to_numpy())), 2)},
-            "wall_s": round(wall, 1)}
+    serial = mode != "job-gpu"  # with calls in threads, a call's time includes waiting for the other's model run
+    median_ms = {"gpu": round(1e3 * float(np.median(calls["gpu_s_max"].to_numpy())), 2)}
+    if serial:
+        median_ms.update(in_call_host=round(1e3 * float(np.median(host)), 2),
+                         between_calls=round(1e3 * float(np.nanmedian(calls["gap_s_max"].to_numpy())), 2))
+    return {"batch_size": batch_size, "block_pairs": blocks[0].num_rows, "mode": mode, "pairs": pairs,
+            "calls": len(done), "pairs_per_s": round(pairs_per_s), "gpu_busy": round(pairs_per_s / gpu_pairs_per_s, 3),
+            "median_ms": median_ms, "wall_s": round(wall, 1)}
 
 
 def main() -> None:
@@ -156,12 +160,15 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=200_000)
     p.add_argument("--gpu-pairs-per-s", type=float, default=45_000.0, help="the stand-in GPU's model-only rate")
     p.add_argument("--batch-sizes", default="1024,4096")
+    p.add_argument("--block-pairs", type=int, default=16_384,
+                   help="pairs per block reaching the actor, each block one actor task (the job's 16 MiB blocks hold "
+                        "~20,000 tokenized real-text pairs); at least the largest batch size")
     p.add_argument("--modes", default=",".join(MODES), help="how the actor takes its calls: " + ", ".join(MODES))
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", help="append each result as a JSON line to this file")
     args = p.parse_args()
     sizes = [int(s) for s in args.batch_sizes.split(",")]
-    blocks = tokenized_blocks(args.pairs, min(sizes))
+    blocks = tokenized_blocks(args.pairs, max(args.block_pairs, *sizes))
     here = str(Path(__file__).resolve().parent)  # the actors unpickle GpuStandIn from this module
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
     ray.init(address="local", include_dashboard=False, log_to_driver=False)

@@ -13,6 +13,10 @@ hook imitates a fault that a real run meets and must survive:
                        process: a kill at a known point, mid-batch, with batches still queued.
     crash_on_token     a forward pass over a batch holding this token id ends the process at once
                        (os._exit), as a segfault in a kernel would: every retry of that batch does too.
+    slow_forward_seconds
+    forward_log        each forward pass lasts at least this long (a sleep, which lets other threads run, as a
+                       wait on a GPU does) and appends "pid thread start end" to `forward_log`: a model as
+                       slow as a big one on a GPU, whose passes a test can check never overlap.
     shift_encoder_output
                        added to every value of the pooled vectors the unpadded encoder returns, before
                        the head: a fast path that is wrong the way a faulty kernel or rotary table
@@ -27,6 +31,7 @@ which Ray Data hands to every worker of the datasets it runs.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -44,6 +49,8 @@ class FaultHooks:
     pause_marker: str | None = None
     pause_seconds: float = 300.0
     crash_on_token: int | None = None
+    slow_forward_seconds: float | None = None
+    forward_log: str | None = None
     shift_encoder_output: float | None = None
 
     def before_forward(self, pairs_scored: int, batch: TokenizedPairs) -> None:
@@ -59,8 +66,15 @@ class FaultHooks:
                 with open(self.pause_marker, "x") as f:  # "x": one pause per marker, even across restarts
                     f.write(str(os.getpid()))
             except FileExistsError:
-                return
-            time.sleep(self.pause_seconds)
+                pass
+            else:
+                time.sleep(self.pause_seconds)
+        if self.slow_forward_seconds is not None:
+            start = time.time()
+            time.sleep(self.slow_forward_seconds)
+            if self.forward_log:
+                with open(self.forward_log, "a") as f:
+                    f.write(f"{os.getpid()} {threading.get_ident()} {start} {time.time()}\n")
 
     def after_encoder(self, pooled: torch.Tensor) -> torch.Tensor:
         """Called on the unpadded encoder's pooled output [pairs, hidden]; returns what the head reads."""

@@ -164,12 +164,15 @@ READ_UNIT_ENV = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
 
 def actor_pool(res: Resources):
     """Ray Data's pool of scoring actors. min == max: every actor loads its model at the start, none waits to be
-    scaled up. With more than one call at once, Ray Data prepares the next call (its input block, the last
-    one's output) beside the running one and queues a few more; the model still runs one call at a time."""
+    scaled up. With more than one call at once, each call runs in a thread of its own: Ray Data fetches the
+    next block and sends the last output beside the running call, and a call's own host work (Arrow to arrays,
+    the attempt count, the output table) overlaps the other's model run. The model still runs one call at a
+    time (ScorePairs holds a lock around it), so the GPU holds one batch's activations, not two."""
     from ray.data import ActorPoolStrategy
 
     overlap = {} if res.calls_per_actor == 1 else dict(max_concurrent_calls_per_actor=res.calls_per_actor,
-                                                          max_tasks_in_flight_per_actor=4 * res.calls_per_actor)
+                                                          max_tasks_in_flight_per_actor=4 * res.calls_per_actor,
+                                                          enable_true_multi_threading=True)
     return ActorPoolStrategy(min_size=res.actors, max_size=res.actors, **overlap)
 
 

@@ -7,6 +7,7 @@ live in `ettin_batch.engine`, which runs and is tested without Ray.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -174,6 +175,8 @@ class ScorePairs:
         self._not_row_faults = (torch.OutOfMemoryError, torch.AcceleratorError, MemoryError)
         self.rejects = rejects
         self.stats = stats
+        # Calls may run in threads of their own (pipeline.run.actor_pool); the model, one at a time.
+        self._model = threading.Lock()
         self.stats.set_info.remote(self.reranker.info)
         self.stats.started.remote(ray.get_runtime_context().get_node_id(), os.getpid())
 
@@ -236,9 +239,11 @@ class ScorePairs:
         while todo:
             index = todo.pop()
             part = pairs if len(index) == len(pairs) else pairs.take(index)
-            start, splits = self._time(), self.reranker.stats["oom_splits"]
             try:  # only the model call: an error anywhere else says nothing about the rows
-                scores[index] = self.reranker.score_tokens(part, None if ties is None else ties[index])
+                with self._model:
+                    start, splits = self._time(), self.reranker.stats["oom_splits"]
+                    scores[index] = self.reranker.score_tokens(part, None if ties is None else ties[index])
+                    seconds, splits = self._time() - start, self.reranker.stats["oom_splits"] - splits
             except self._not_row_faults:
                 raise
             except Exception as e:  # noqa: BLE001 - whatever the model raises on a row is that row's reason
@@ -250,8 +255,7 @@ class ScorePairs:
                     todo += [index[half:], index[:half]]
                 continue
             self.stats.add.remote({"pairs": len(part), "tokens": int(part.offsets[-1]), "truncated": part.num_truncated,
-                                   "model_seconds": self._time() - start,
-                                   "oom_splits": self.reranker.stats["oom_splits"] - splits})
+                                   "model_seconds": seconds, "oom_splits": splits})
         if len(refused) == len(pairs) > 1:
             raise RuntimeError(f"the model failed on each of the {len(pairs)} pairs of a batch on its own: "
                                "the model or the device is broken, not the rows") from error

@@ -49,6 +49,8 @@ def calls_per_actor(request, monkeypatch):
     layout = run.plan_resources
     monkeypatch.setattr(run, "plan_resources",
                         lambda config, cluster: dataclasses.replace(layout(config, cluster), calls_per_actor=request.param))
+    if request.param > 1:  # a read task, so a block and an actor call, per file: calls run and queue side by side
+        monkeypatch.setenv(run.READ_UNIT_ENV, "1")
     return request.param
 
 
@@ -121,6 +123,31 @@ def test_a_batch_that_kills_its_actor_every_time_fails_the_job_instead_of_loopin
     with injected(FaultHooks(crash_on_token=token)), pytest.raises(RunFailed, match="killed its scoring actor 4 times"):
         rerank(config)
     assert not (tmp_path / "out" / "_SUCCESS.json").exists()
+
+
+def test_with_calls_overlapped_as_on_a_gpu_the_model_still_runs_one_call_at_a_time(tmp_path, ray_session, monkeypatch):
+    """GPU actors take two calls at once, each in a thread, so one call's host work hides behind the other's
+    model run (pipeline.run.actor_pool); two model runs at once would hold two batches' activations on the
+    GPU. A slow model (each forward pass 50 ms, a sleep that frees the thread as a GPU wait does) logs its
+    passes: they come from both threads, and never overlap."""
+    from ettin_batch.pipeline import run
+
+    layout = run.plan_resources
+    monkeypatch.setattr(run, "plan_resources",
+                        lambda config, cluster: dataclasses.replace(layout(config, cluster), calls_per_actor=2))
+    write_local(make_shards(files=8, pairs_per_file=50), tmp_path / "in")
+    monkeypatch.setenv(run.READ_UNIT_ENV, "1")  # a read task, so a block and an actor call, per file
+    log = tmp_path / "forward.log"
+    config = RerankConfig.of(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=TINY, batch_size=25,
+                             progress=False)
+    with injected(FaultHooks(slow_forward_seconds=0.05, forward_log=str(log))):
+        result = rerank(config)
+    assert result.manifest["counts"]["scored"] == 400
+    passes = sorted((float(start), float(end), thread) for _, thread, start, end in
+                    (line.split() for line in log.read_text().splitlines()))
+    assert len({thread for *_, thread in passes}) >= 2, "the calls never ran in threads of their own"
+    overlaps = [(a, b) for a, b in zip(passes, passes[1:]) if b[0] < a[1]]
+    assert not overlaps, overlaps[:3]
 
 
 def _scoring_processes() -> set[int]:
