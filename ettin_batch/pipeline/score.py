@@ -49,8 +49,8 @@ class RunStats:
         self.processes.append((node, pid))
 
     def take_actor_processes(self) -> list[tuple[str, int]]:
-        """The scoring actors started since the last call: each is waited for once, so a pid that the
-        system hands to another process later in a long run is never mistaken for one of ours."""
+        """The scoring actors started since the last call: each is waited for once, so a later group does not
+        wait on an earlier group's pid that the system may have handed to another process since."""
         taken, self.processes = self.processes, []
         return taken
 
