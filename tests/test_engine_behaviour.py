@@ -202,3 +202,24 @@ def test_named_backend_that_cannot_run_here_is_an_error(model):
 def test_engine_does_not_import_ray():
     code = "import sys, ettin_batch.engine; from ettin_batch import Reranker; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_token_the_model_does_not_embed_fails_on_the_host_before_the_model_runs(tmp_path, caplog):
+    """A tokenizer saved with tokens the model was never given (add_tokens without resize_token_embeddings):
+    on a GPU such an id is a device-side assert that leaves the process's CUDA context unusable, so every
+    later batch of a scoring actor fails too. The engine says so at load and refuses the ids before any
+    forward pass, on every device, with an IndexError the job rejects the pair for (tests/rerank)."""
+    from builders import UNEMBEDDED_TOKEN, build_ettin_with_an_unembedded_token
+
+    from ettin_batch.engine.faults import FaultHooks
+
+    with caplog.at_level(logging.WARNING, logger="ettin_batch"):
+        reranker = Reranker.from_pretrained(str(build_ettin_with_an_unembedded_token(tmp_path / "m")), max_length=64)
+    assert any("1 token(s) of its tokenizer have no embedding" in r.getMessage() for r in caplog.records)
+    forwards = tmp_path / "forwards.log"
+    reranker.faults = FaultHooks(slow_forward_seconds=0.0, forward_log=str(forwards))
+    good = reranker.score(["a query"], ["a document"])
+    assert np.isfinite(good).all() and len(forwards.read_text().splitlines()) == 1
+    with pytest.raises(IndexError, match=r"token id \d+ has no embedding in this model"):
+        reranker.score(["a query", "another"], ["a document", f"a document with {UNEMBEDDED_TOKEN}"])
+    assert len(forwards.read_text().splitlines()) == 1  # no forward pass saw the batch

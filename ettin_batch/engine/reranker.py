@@ -80,6 +80,14 @@ class Reranker:
         if self.max_tokens_per_batch < max_length:
             raise ValueError(f"max_tokens_per_batch ({self.max_tokens_per_batch}) must be >= max_length ({max_length})")
         self.tokenizer = PairTokenizer(self._ce.tokenizer, max_length)
+        # Token ids at or past this have no embedding row. On a GPU such an id is a device-side assert that leaves
+        # the process's CUDA context unusable (every later batch of a scoring actor fails too): score_tokens
+        # refuses it on the host instead, as an IndexError, the error the CPU's embedding lookup raises.
+        self._embedded = getattr(getattr(plan.encoder, "get_input_embeddings", lambda: None)(), "num_embeddings", None)
+        if self._embedded is not None and len(self._ce.tokenizer) > self._embedded:
+            log.warning("%s: %d token(s) of its tokenizer have no embedding in the model (ids %d and up: added to the "
+                        "tokenizer without model.resize_token_embeddings?); pairs holding one cannot be scored",
+                        resolved.model_id, len(self._ce.tokenizer) - self._embedded, self._embedded)
         num_labels = getattr(self._ce, "num_labels", 1)
         if num_labels != 1:
             raise ModelLoadError(f"{resolved.model_id} has {num_labels} output labels; ettin-batch scores "
@@ -156,6 +164,10 @@ class Reranker:
         padded = self._encoder is None
         out = np.empty(len(pairs), np.float32)
         pending = []  # device results; copied back once so the host never waits mid-stream
+        if self._embedded is not None and len(pairs.input_ids) and (top := int(pairs.input_ids.max())) >= self._embedded:
+            raise IndexError(f"token id {top} has no embedding in this model (it embeds ids below {self._embedded}): its "
+                             "tokenizer has tokens the model was not given (tokenizer.add_tokens without "
+                             "model.resize_token_embeddings?)")
         ties = pairs.content_keys() if ties is None else ties
         for index in pack_batches(pairs.lengths, self.max_tokens_per_batch, padded=padded, ties=ties):
             pending.extend(self._run_with_split(pairs, index))

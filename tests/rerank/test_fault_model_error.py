@@ -3,7 +3,8 @@ and the job go on, and in = scored + rejected.
 
 The fault is real, not mocked: a model whose tokenizer knows one token more than the model has
 embeddings (a checkpoint saved after add_tokens without resize_token_embeddings). A pair holding
-that token tokenizes fine and makes the forward pass raise IndexError."""
+that token tokenizes fine and makes the engine raise IndexError (before the forward pass, which on a GPU
+would stop at a device-side assert: tests/test_engine_behaviour.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from ettin_batch.pipeline.tokenize_stage import Tokenize
 
 from .faults import accounting, make_shards, record
 
-REASON = "the model failed on this pair: IndexError: index out of range in self"
+REASON = ("the model failed on this pair: IndexError: token id 588 has no embedding in this model (it embeds ids "
+          "below 588): its tokenizer has tokens the model was not given (tokenizer.add_tokens without "
+          "model.resize_token_embeddings?)")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +122,7 @@ def test_a_job_with_rows_the_model_raises_on_scores_the_rest_and_rejects_them(tm
     scores = pq.read_table(tmp_path / "out" / "scores")
     figures = accounting(pa.concat_tables(shards), scores, rejects)
     record("test_a_job_with_rows_the_model_raises_on_scores_the_rest_and_rejects_them",
-           {"fault": "2 rows holding a token the model has no embedding for (forward raises IndexError)",
+           {"fault": "2 rows holding a token the model has no embedding for (the engine raises IndexError)",
             **figures, "model_pairs": result.manifest["model_pairs"]})
     assert figures == {"in": 70, "out": 70, "duplicates": 0, "lost": 0, "unknown": 0}
     assert result.manifest["model_pairs"] == 68  # every scored pair once: the calls that raised scored nothing
