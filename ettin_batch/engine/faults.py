@@ -13,6 +13,10 @@ hook imitates a fault that a real run meets and must survive:
                        process: a kill at a known point, mid-batch, with batches still queued.
     crash_on_token     a forward pass over a batch holding this token id ends the process at once
                        (os._exit), as a segfault in a kernel would: every retry of that batch does too.
+    device_error_marker
+                       the next forward pass raises torch.AcceleratorError, as a CUDA error does (an illegal
+                       memory access, a GPU fault), after which a process's CUDA context is unusable; only if
+                       the marker does not exist yet (it is created with the process id): once per marker.
     slow_forward_seconds
     forward_log        each forward pass lasts at least this long (a sleep, which lets other threads run, as a
                        wait on a GPU does) and appends "pid thread start end" to `forward_log`: a model as
@@ -49,6 +53,7 @@ class FaultHooks:
     pause_marker: str | None = None
     pause_seconds: float = 300.0
     crash_on_token: int | None = None
+    device_error_marker: str | None = None
     slow_forward_seconds: float | None = None
     forward_log: str | None = None
     shift_encoder_output: float | None = None
@@ -69,6 +74,14 @@ class FaultHooks:
                 pass
             else:
                 time.sleep(self.pause_seconds)
+        if self.device_error_marker:
+            try:
+                with open(self.device_error_marker, "x") as f:
+                    f.write(str(os.getpid()))
+            except FileExistsError:
+                pass
+            else:
+                raise torch.AcceleratorError("fault injection: CUDA error: an illegal memory access was encountered")
         if self.slow_forward_seconds is not None:
             start = time.time()
             time.sleep(self.slow_forward_seconds)

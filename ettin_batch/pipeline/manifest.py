@@ -74,6 +74,9 @@ def build_manifest(run, counts: dict, **extra) -> dict:
         # Forward passes halved because the device ran out of memory (the halves are retried):
         # many of them mean max_tokens_per_batch is too big for this device.
         "oom_splits": totals["oom_splits"],
+        # Scoring actors that ended themselves after a device (CUDA) error, started again by Ray, their
+        # batches retried: a few in a long run are a flaky GPU; many, a broken one or a kernel fault.
+        "device_errors": totals["device_errors"],
         **extra,
         "wall_time_s": round(wall, 3),
         "pairs_scored_this_run": scored_now,
@@ -148,7 +151,7 @@ def _busy_lines(manifest: dict) -> list[str]:
 
 
 def warnings_of(manifest: dict) -> list[str]:
-    """What a finished run's user should know: nothing scored, texts that were empty."""
+    """What a finished run's user should know: nothing scored, texts that were empty, device errors survived."""
     c = manifest["counts"]
     found = []
     if c["in"] == 0:
@@ -158,4 +161,8 @@ def warnings_of(manifest: dict) -> list[str]:
     if c.get("blank_texts"):
         found.append(f"{c['blank_texts']:,} pair(s) have an empty or whitespace-only query or document; they were "
                      "scored as given")
+    if manifest.get("device_errors"):
+        found.append(f"{manifest['device_errors']} scoring actor(s) hit a device (CUDA) error and were started again, "
+                     "their batches retried (the actors' log lines name the error): once is a flaky GPU; if it recurs, "
+                     "check the node (nvidia-smi, dmesg for Xid errors)")
     return found

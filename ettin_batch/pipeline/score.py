@@ -6,6 +6,8 @@ live in `ettin_batch.engine`, which runs and is tested without Ray.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 import time
@@ -18,6 +20,8 @@ from ettin_batch.config import ScoringConfig
 from ettin_batch.engine.tokenize import IDS_COL, SPLIT_COL, TRUNC_COL
 from ettin_batch.pipeline.rejects import RejectsDir
 
+log = logging.getLogger("ettin_batch.pipeline")
+
 TOKEN_COLS = (IDS_COL, SPLIT_COL, TRUNC_COL)
 # Key of the Ray Data context config holding an engine.faults.FaultHooks: tests set it on the
 # driver (DataContext.get_current().set_config) and Ray Data carries it to every scoring actor.
@@ -25,10 +29,12 @@ FAULTS_KEY = "ettin_batch.fault_hooks"
 
 
 # Figures the stages report; totals() gives each, 0 when nothing reported it.
-FIGURES = ("pairs", "tokens", "truncated", "model_seconds", "reused", "oom_splits", "blank_texts")
+FIGURES = ("pairs", "tokens", "truncated", "model_seconds", "reused", "oom_splits", "device_errors", "blank_texts")
 # A batch that kills its actor (a segfault, the OOM killer) is retried on a restarted actor by Ray
 # Data, without limit; this many starts of one batch fail the job instead of looping all night.
 MAX_BATCH_ATTEMPTS = 4
+# The exit status of a scoring actor that ends itself after a device error (ScorePairs._start_afresh).
+EXIT_DEVICE_ERROR = 75
 
 
 @ray.remote(num_cpus=0)
@@ -172,7 +178,8 @@ class ScorePairs:
         self.reranker.faults = DataContext.get_current().get_config(FAULTS_KEY)
         check_same_tokenizer(self.reranker)
         # Errors that say nothing about the rows: they fail the batch (and the job) as before.
-        self._not_row_faults = (torch.OutOfMemoryError, torch.AcceleratorError, MemoryError)
+        self._not_row_faults = (torch.OutOfMemoryError, MemoryError)
+        self._device_error = torch.AcceleratorError
         self.rejects = rejects
         self.stats = stats
         # Calls may run in threads of their own (pipeline.run.actor_pool); the model, one at a time.
@@ -225,6 +232,17 @@ class ScorePairs:
                                f"actor {attempts - 1} times; the job stops rather than retry it again. Look for "
                                "the actor's crash in the Ray logs (out of memory? a faulty node?).")
 
+    def _start_afresh(self, error: Exception) -> None:
+        """End this process after a device error. A CUDA error leaves the process's CUDA context unusable, so every
+        later call here would fail too (and with it the job); Ray starts the actor again in a new process and
+        Ray Data retries the calls this one held. A batch that ends its actor MAX_BATCH_ATTEMPTS times stops
+        the job (_count_attempt), so an error that is the batch's own does not loop."""
+        log.error("scoring actor (pid %d) hit a device error, %s: %s; it exits so that Ray starts it again in a "
+                  "fresh process, and its batches are retried there", os.getpid(), type(error).__name__, error)
+        with contextlib.suppress(Exception):
+            ray.get(self.stats.add.remote({"device_errors": 1}), timeout=10)
+        os._exit(EXIT_DEVICE_ERROR)
+
     def _score_finding_faults(self, pairs, ties: np.ndarray | None) -> tuple[np.ndarray, dict[int, str]]:
         """Scores (float32 [n], 0 for refused rows) and, by row, why the model failed on it.
 
@@ -244,6 +262,8 @@ class ScorePairs:
                     start, splits = self._time(), self.reranker.stats["oom_splits"]
                     scores[index] = self.reranker.score_tokens(part, None if ties is None else ties[index])
                     seconds, splits = self._time() - start, self.reranker.stats["oom_splits"] - splits
+            except self._device_error as e:
+                self._start_afresh(e)
             except self._not_row_faults:
                 raise
             except Exception as e:  # noqa: BLE001 - whatever the model raises on a row is that row's reason
