@@ -135,3 +135,23 @@ def build_ettin_with_an_unembedded_token(folder: Path) -> Path:
     tok.add_tokens([UNEMBEDDED_TOKEN])
     shape = EttinShape(3, 64, 96, 1, vocab_size=embedded, local_attention=16, max_positions=2048)
     return save_ettin_model(folder, shape, tokenizer=tok)
+
+
+OVERFLOW_TOKEN = "<overflow>"
+
+
+def build_ettin_with_an_overflowing_token(folder: Path) -> Path:
+    """An Ettin-format model whose embedding of OVERFLOW_TOKEN is infinite, as a corrupt checkpoint's row or a
+    float16 overflow gives: a pair holding it scores NaN (every token of the pair attends to it); the others
+    score as usual."""
+    from sentence_transformers import CrossEncoder
+
+    tok = train_tokenizer(1024, synthetic_corpus(), 2048)
+    tok.add_tokens([OVERFLOW_TOKEN])
+    shape = EttinShape(3, 64, 96, 1, vocab_size=len(tok), local_attention=16, max_positions=2048)
+    save_ettin_model(folder, shape, tokenizer=tok)
+    ce = CrossEncoder(str(folder), device="cpu")
+    with torch.no_grad():
+        next(ce.children()).auto_model.get_input_embeddings().weight[tok.convert_tokens_to_ids(OVERFLOW_TOKEN)] = float("inf")
+    ce.save(str(folder))
+    return folder

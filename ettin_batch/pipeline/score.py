@@ -244,7 +244,7 @@ class ScorePairs:
         os._exit(EXIT_DEVICE_ERROR)
 
     def _score_finding_faults(self, pairs, ties: np.ndarray | None) -> tuple[np.ndarray, dict[int, str]]:
-        """Scores (float32 [n], 0 for refused rows) and, by row, why the model failed on it.
+        """Scores (float32 [n]) and, by row, why the model failed on it or gave it no finite score.
 
         The batch is scored in one call; only when that raises is it bisected: each half is
         scored on its own, and a row that still raises alone is refused. That costs about
@@ -279,5 +279,9 @@ class ScorePairs:
         if len(refused) == len(pairs) > 1:
             raise RuntimeError(f"the model failed on each of the {len(pairs)} pairs of a batch on its own: "
                                "the model or the device is broken, not the rows") from error
+        for i in np.flatnonzero(~np.isfinite(scores)):  # a NaN would sort anywhere in a top-k, and break labels
+            refused[int(i)] = (f"the model's score for this pair is {scores[i]}, not a finite number (the model ran "
+                               f"in {self.reranker.info['dtype']}: in float16, an overflow, so use bfloat16 or "
+                               "float32; else check the model's weights)")
         return scores, refused
 

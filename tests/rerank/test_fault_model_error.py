@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
+
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from builders import UNEMBEDDED_TOKEN, build_ettin_with_an_unembedded_token
+from builders import (OVERFLOW_TOKEN, UNEMBEDDED_TOKEN, build_ettin_with_an_overflowing_token,
+                      build_ettin_with_an_unembedded_token)
 
 from ettin_batch.config import RerankConfig
 from ettin_batch import rerank
@@ -146,3 +149,30 @@ def test_the_teacher_job_rejects_the_rows_the_model_raises_on_with_their_texts(t
     data = pq.read_table(tmp_path / "out" / "data")
     assert data.num_rows == 38 and not set(zip(data["query_id"].to_pylist(), data["doc_id"].to_pylist())) & set(
         zip(rejects["query_id"].to_pylist(), rejects["doc_id"].to_pylist()))
+
+
+def test_a_pair_the_model_gives_no_finite_score_is_rejected_not_written_as_nan(tmp_path, ray_session):
+    """A NaN score sorts anywhere in a top-k and stops `labels`: such a pair (here, a token whose embedding is
+    infinite) goes to rejects/ with why; the rest of its batch scores."""
+    model = str(build_ettin_with_an_overflowing_token(tmp_path / "model"))
+    table = make_shards(files=1, pairs_per_file=40, seed=3)[0]
+    docs = [f"{d} {OVERFLOW_TOKEN}" if i in (5, 22) else d for i, d in enumerate(table["document"].to_pylist())]
+    table = table.set_column(table.column_names.index("document"), "document", pa.array(docs))
+    (tmp_path / "in").mkdir()
+    pq.write_table(table, tmp_path / "in" / "part-0.parquet")
+    result = rerank(RerankConfig.of(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=model,
+                                    batch_size=16, progress=False))
+    assert result.counts == {**result.counts, "in": 40, "scored": 38, "rejected": 2}
+    rejects = pq.read_table(tmp_path / "out" / "rejects").sort_by("doc_id")
+    assert rejects["doc_id"].to_pylist() == sorted(table["doc_id"].take([5, 22]).to_pylist())
+    assert set(rejects["reason"].to_pylist()) == {
+        "the model's score for this pair is nan, not a finite number (the model ran in float32: in float16, an "
+        "overflow, so use bfloat16 or float32; else check the model's weights)"}
+    scores = pq.read_table(tmp_path / "out" / "scores")
+    assert scores.num_rows == 38 and np.isfinite(scores["score"].to_numpy()).all()
+    assert np.isfinite(pq.read_table(tmp_path / "out" / "topk")["score"].to_numpy()).all()
+    figures = accounting(table, scores, rejects)
+    record("test_a_pair_the_model_gives_no_finite_score_is_rejected_not_written_as_nan",
+           {"fault": "2 rows holding a token whose embedding is infinite (the model scores them NaN)", **figures,
+            "model_pairs": result.manifest["model_pairs"]})
+    assert figures == {"in": 40, "out": 40, "duplicates": 0, "lost": 0, "unknown": 0}
