@@ -56,6 +56,14 @@ def default_token_budget(device: torch.device, hidden: int, max_length: int) -> 
     return max(131072 if hidden <= 512 else 65536, max_length)
 
 
+def _embedded_tokens(encoder) -> int | None:
+    """Rows of the encoder's token embedding (None where the model does not say)."""
+    try:
+        return getattr(encoder.get_input_embeddings(), "num_embeddings", None)
+    except (AttributeError, NotImplementedError):
+        return None
+
+
 class Reranker:
     """Scores (query, document) pairs with a cross-encoder on one device."""
 
@@ -83,7 +91,7 @@ class Reranker:
         # Token ids at or past this have no embedding row. On a GPU such an id is a device-side assert that leaves
         # the process's CUDA context unusable (every later batch of a scoring actor fails too): score_tokens
         # refuses it on the host instead, as an IndexError, the error the CPU's embedding lookup raises.
-        self._embedded = getattr(getattr(plan.encoder, "get_input_embeddings", lambda: None)(), "num_embeddings", None)
+        self._embedded = _embedded_tokens(plan.encoder)
         if self._embedded is not None and len(self._ce.tokenizer) > self._embedded:
             log.warning("%s: %d token(s) of its tokenizer have no embedding in the model (ids %d and up: added to the "
                         "tokenizer without model.resize_token_embeddings?); pairs holding one cannot be scored",
