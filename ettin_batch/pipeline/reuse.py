@@ -152,7 +152,9 @@ def attach_previous(ds, previous, partitions: int):
 
 
 def reused_mask(batch: pa.Table):
-    """Rows of a joined batch whose score came from the previous run (None outside reuse runs)."""
+    """Rows of a joined batch whose score came from the previous run (None outside reuse runs). A NaN or
+    infinite previous score (runs before 2026-12-07 could write one) is not kept: the pair is scored again."""
     if "score" not in batch.column_names:
         return None
-    return pc.is_valid(batch.column("score"))
+    score = batch.column("score")
+    return pc.and_kleene(pc.is_valid(score), pc.is_finite(score)).fill_null(False)

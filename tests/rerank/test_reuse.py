@@ -115,6 +115,27 @@ def test_reused_scores_are_the_previous_runs_and_changed_ones_are_new(nights):
     assert copy.num_rows == 1 and copy["score"][0].as_py() == old[copy[FINGERPRINT_COL][0].as_py()]
 
 
+def test_a_previous_nan_score_is_scored_again_not_kept(nights, tmp_path):
+    """Runs before 2026-12-07 could write a NaN score (float16 overflow); --reuse must not carry it forward."""
+    import shutil
+
+    root, base = nights["root"], nights["base"]
+    previous = tmp_path / "night1-with-a-nan"
+    shutil.copytree(root / "night1", previous)
+    first = sorted((previous / "scores").rglob("*.parquet"))[0]
+    table = pq.read_table(first)
+    scores = table["score"].to_numpy().copy()
+    scores[0] = np.nan
+    pq.write_table(table.set_column(table.column_names.index("score"), "score", pa.array(scores, pa.float32())), first)
+    result = rerank(RerankConfig.of(input=[str(root / "in1")], output=str(tmp_path / "out"), reuse=str(previous),
+                                    **base))
+    assert result.manifest["model_pairs"] == 1 and result.manifest["reuse"]["pairs_reused"] == result.counts["scored"] - 1
+    out = _read(tmp_path / "out" / "scores")
+    assert np.isfinite(out["score"].to_numpy()).all()
+    key = (table["query_id"][0].as_py(), table["doc_id"][0].as_py())
+    assert _by_key(out)[key] == pytest.approx(_by_key(_read(root / "night1" / "scores"))[key], abs=1e-5)
+
+
 def test_other_settings_share_no_fingerprint_so_everything_is_scored(nights, tmp_path):
     root, base = nights["root"], nights["base"]
     result = rerank(RerankConfig.of(input=[str(root / "in2")], output=str(tmp_path / "out"), reuse=str(root / "night1"),
