@@ -128,8 +128,9 @@ def test_a_batch_that_kills_its_actor_every_time_fails_the_job_instead_of_loopin
 def test_with_calls_overlapped_as_on_a_gpu_the_model_still_runs_one_call_at_a_time(tmp_path, ray_session, monkeypatch):
     """GPU actors take two calls at once, each in a thread, so one call's host work hides behind the other's
     model run (pipeline.run.actor_pool); two model runs at once would hold two batches' activations on the
-    GPU. A slow model (each forward pass 50 ms, a sleep that frees the thread as a GPU wait does) logs its
-    passes: they come from both threads, and never overlap."""
+    GPU. A slow model (each forward pass 200 ms, a sleep that frees the thread as a GPU wait does, so calls
+    queue up at the actor even on a loaded machine) logs its passes: they come from both threads, and never
+    overlap."""
     from ettin_batch.pipeline import run
 
     layout = run.plan_resources
@@ -140,7 +141,7 @@ def test_with_calls_overlapped_as_on_a_gpu_the_model_still_runs_one_call_at_a_ti
     log = tmp_path / "forward.log"
     config = RerankConfig.of(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=TINY, batch_size=25,
                              progress=False)
-    with injected(FaultHooks(slow_forward_seconds=0.05, forward_log=str(log))):
+    with injected(FaultHooks(slow_forward_seconds=0.2, forward_log=str(log))):
         result = rerank(config)
     assert result.manifest["counts"]["scored"] == 400
     passes = sorted((float(start), float(end), thread) for _, thread, start, end in
