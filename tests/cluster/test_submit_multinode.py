@@ -98,7 +98,6 @@ def test_ray_job_submit_runs_the_job_entry_point_with_the_nightly_config(run, ra
     assert manifest["counts"]["scored"] == 72 and manifest["top_k"] == 10  # top_k from nightly.yaml
 
 
-
 def test_a_process_connected_through_ray_client_is_refused_before_anything_is_written(ray_cluster, run, tmp_path):
     """Ray Data cannot run through Ray Client (in Ray 2.60 the job failed once its dataset started, its
     output folder begun): a process connected with ray.init('ray://...') gets a ConfigError naming submit."""
