@@ -67,21 +67,10 @@ class FaultHooks:
             raise torch.OutOfMemoryError(f"fault injection: a forward pass over {tokens} tokens "
                                          f"(more than oom_above_tokens={self.oom_above_tokens})")
         if self.pause_after_pairs is not None and pairs_scored >= self.pause_after_pairs and self.pause_marker:
-            try:
-                with open(self.pause_marker, "x") as f:  # "x": one pause per marker, even across restarts
-                    f.write(str(os.getpid()))
-            except FileExistsError:
-                pass
-            else:
+            if _first_at(self.pause_marker):
                 time.sleep(self.pause_seconds)
-        if self.device_error_marker:
-            try:
-                with open(self.device_error_marker, "x") as f:
-                    f.write(str(os.getpid()))
-            except FileExistsError:
-                pass
-            else:
-                raise torch.AcceleratorError("fault injection: CUDA error: an illegal memory access was encountered")
+        if self.device_error_marker and _first_at(self.device_error_marker):
+            raise torch.AcceleratorError("fault injection: CUDA error: an illegal memory access was encountered")
         if self.slow_forward_seconds is not None:
             start = time.time()
             time.sleep(self.slow_forward_seconds)
@@ -94,3 +83,14 @@ class FaultHooks:
         if self.shift_encoder_output is None:
             return pooled
         return pooled + self.shift_encoder_output
+
+
+def _first_at(marker: str) -> bool:
+    """Create `marker` holding this process's id; False if it exists already: a fault happens once per marker,
+    even across the restarts it causes."""
+    try:
+        with open(marker, "x") as f:
+            f.write(str(os.getpid()))
+    except FileExistsError:
+        return False
+    return True
