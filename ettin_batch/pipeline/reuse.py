@@ -156,5 +156,4 @@ def reused_mask(batch: pa.Table):
     infinite previous score (runs before 2026-12-07 could write one) is not kept: the pair is scored again."""
     if "score" not in batch.column_names:
         return None
-    score = batch.column("score")
-    return pc.and_kleene(pc.is_valid(score), pc.is_finite(score)).fill_null(False)
+    return pc.is_finite(batch.column("score")).fill_null(False)  # null (not scored before), NaN, inf: False
