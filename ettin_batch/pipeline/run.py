@@ -54,7 +54,7 @@ class Resources:
 # One actor call is one Ray batch. On a GPU an actor's own work per call (Ray handing it the block and taking
 # the output back, Arrow to token arrays, packing) leaves the GPU idle unless it is small next to the model's
 # time, or hidden behind it. With a 17M-fast stand-in for the GPU, one actor kept it busy 55-58% of the time at
-# 1,024 pairs and one call at a time, 91-93% at 4,096 pairs with the next call prepared beside the running one
+# 1,024 pairs and one call at a time, 96-97% at 4,096 pairs with two calls in threads (actor_pool)
 # (benchmarks/bench_actor_feed.py, RESULTS.md). On a CPU the model takes seconds a call, so small batches keep
 # progress and retries fine-grained and the actor's memory low.
 GPU_BATCH, CPU_BATCH = 4096, 1024
