@@ -40,17 +40,23 @@ def _score_actors(name: str = "ScorePairs") -> list[dict]:
     return [a for a in ray._private.state.actors().values() if name in a["ActorClassName"]]
 
 
-@pytest.fixture(params=[1, 2], ids=["one call at a time", "calls overlapped as on a GPU"])
-def calls_per_actor(request, monkeypatch):
-    """The scoring actors take one call at a time (CPU), or, as GPU actors do, two at once with more queued
-    (pipeline.run.plan_resources): a killed actor then loses its queued calls too."""
+def _calls_at_once(monkeypatch, calls: int) -> None:
+    """The job's scoring actors take `calls` calls at once, as GPU actors take 2 (pipeline.run.plan_resources);
+    with more than one, each input file is its own block, so its own actor call: calls run and queue side by side."""
     from ettin_batch.pipeline import run
 
     layout = run.plan_resources
     monkeypatch.setattr(run, "plan_resources",
-                        lambda config, cluster: dataclasses.replace(layout(config, cluster), calls_per_actor=request.param))
-    if request.param > 1:  # a read task, so a block and an actor call, per file: calls run and queue side by side
-        monkeypatch.setenv(run.READ_UNIT_ENV, "1")
+                        lambda config, cluster: dataclasses.replace(layout(config, cluster), calls_per_actor=calls))
+    if calls > 1:
+        monkeypatch.setenv(run.READ_UNIT_ENV, "1")  # a read task, so a block, per file
+
+
+@pytest.fixture(params=[1, 2], ids=["one call at a time", "calls overlapped as on a GPU"])
+def calls_per_actor(request, monkeypatch):
+    """The scoring actors take one call at a time (CPU), or, as GPU actors do, two at once with more queued
+    (pipeline.run.plan_resources): a killed actor then loses its queued calls too."""
+    _calls_at_once(monkeypatch, request.param)
     return request.param
 
 
@@ -131,13 +137,8 @@ def test_with_calls_overlapped_as_on_a_gpu_the_model_still_runs_one_call_at_a_ti
     GPU. A slow model (each forward pass 200 ms, a sleep that frees the thread as a GPU wait does, so calls
     queue up at the actor even on a loaded machine) logs its passes: they come from both threads, and never
     overlap."""
-    from ettin_batch.pipeline import run
-
-    layout = run.plan_resources
-    monkeypatch.setattr(run, "plan_resources",
-                        lambda config, cluster: dataclasses.replace(layout(config, cluster), calls_per_actor=2))
+    _calls_at_once(monkeypatch, 2)
     write_local(make_shards(files=8, pairs_per_file=50), tmp_path / "in")
-    monkeypatch.setenv(run.READ_UNIT_ENV, "1")  # a read task, so a block and an actor call, per file
     log = tmp_path / "forward.log"
     config = RerankConfig.of(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=TINY, batch_size=25,
                              progress=False)
