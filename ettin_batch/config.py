@@ -26,7 +26,7 @@ from ettin_batch.errors import ConfigError
 
 DEFAULT_MODEL = "cross-encoder/ettin-reranker-17m-v1"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-ATTENTION_BACKENDS = ("auto", "flash", "torch", "reference", "padded")
+ATTENTION_BACKENDS = ("auto", "flash", "torch", "matmul", "reference", "padded")
 
 __all__ = ["ATTENTION_BACKENDS", "COLUMN_FLAGS", "Columns", "ConfigError", "DEFAULT_MODEL", "DTYPES", "JobConfig",
            "PlanConfig", "RerankConfig", "ScoringConfig", "TeacherConfig", "dtype_name"]

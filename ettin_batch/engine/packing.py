@@ -8,7 +8,7 @@ The packed tensors of one batch (`PackedBatch`) are what the forward pass consum
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -60,6 +60,7 @@ class PackedBatch:
     max_seqlen:   longest pair, tokens (a host int: kernels need it without a sync).
     groups:       (first token, pairs, length) runs of equal-length pairs, for the exact
                   CPU attention, which batches each run as one dense SDPA call.
+    cache:        what an attention backend derives from the batch once for all layers.
     """
 
     input_ids: torch.Tensor
@@ -69,6 +70,7 @@ class PackedBatch:
     max_seqlen: int
     groups: list[tuple[int, int, int]]
     lengths: np.ndarray
+    cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def num_pairs(self) -> int:

@@ -23,6 +23,7 @@ from .attention import choose_backend, get_backend
 from .faults import FaultHooks
 from .loading import SCORES_KEY, ModelLoadError, ResolvedModel, load_cross_encoder, plan_model, resolve_model
 from .modernbert import UnpaddedModernBert
+from .options import EngineOptions
 from .packing import PackedBatch, pack_batches
 from .tokenize import PairTokenizer, TokenizedPairs
 
@@ -214,6 +215,13 @@ class Reranker:
         for module in self._head:
             features = module(features)
         return features[SCORES_KEY].reshape(-1)
+
+    def _use_engine(self, options: EngineOptions) -> None:
+        """Rebuild the unpadded forward pass with these fast paths (options.py); the weights are shared."""
+        if self._encoder is None:
+            raise ValueError("engine options apply to the unpadded path; this model runs padded")
+        enc = self._encoder
+        self._encoder = UnpaddedModernBert(enc.model, enc.attention, enc.pooling, options)
 
     def _forward_padded(self, batch_pairs: TokenizedPairs) -> torch.Tensor:
         lengths = batch_pairs.lengths
