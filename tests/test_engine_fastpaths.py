@@ -11,6 +11,7 @@ import torch
 from builders import build_ettin, random_texts
 
 from ettin_batch import Reranker
+from ettin_batch.engine import attention
 from ettin_batch.engine.attention import _matmul, _reference
 from ettin_batch.engine.options import EngineOptions
 from ettin_batch.engine.packing import PackedBatch
@@ -49,6 +50,23 @@ def test_matmul_attention_equals_the_reference_in_float64(window):
         qc = q[batch.cls_index]
         assert torch.allclose(_matmul(qc, k, v, batch, None, True), _reference(qc, k, v, batch, None, True),
                               rtol=0, atol=1e-12)
+
+
+def test_matmul_attention_leaves_a_square_past_its_limit_to_the_reference(monkeypatch):
+    # A long pair on a global layer (max_length 8192, many heads) would hold n * H * L^2 scores at once.
+    limit, sizes = 4 * 150 * 150, []
+    monkeypatch.setattr(attention, "DENSE_LIMIT", limit)
+    dense = attention._dense
+    monkeypatch.setattr(attention, "_dense", lambda q, k, *a: sizes.append(q.shape[0] * q.shape[1] * q.shape[2]
+                                                                           * k.shape[2]) or dense(q, k, *a))
+    gen = torch.Generator().manual_seed(4)
+    for lengths in ([150, 150], [300], [17, 40, 100]):
+        batch = packed(lengths)
+        q, k, v = (torch.randn(len(batch.input_ids), 2, 16, generator=gen, dtype=torch.float64) for _ in range(3))
+        for window in (None, 8):
+            assert torch.allclose(_matmul(q, k, v, batch, window, False), _reference(q, k, v, batch, window, False),
+                                  rtol=0, atol=1e-12)
+    assert sizes and max(sizes) <= limit  # the small batches still ran dense
 
 
 def test_cpu_defaults_are_matmul_and_onednn_in_bfloat16_and_the_reference_attention_in_float32(model):

@@ -103,10 +103,19 @@ def _reference(q, k, v, batch: PackedBatch, window, cls_only):
     return out
 
 
+# Score elements of one dense product (256 MiB in bf16, twice with the softmax's output): a batch past it
+# (long pairs on a global layer, e.g. max_length 8192 with many heads) goes to the reference, whose SDPA
+# kernel never holds the whole square.
+DENSE_LIMIT = 1 << 27
+
+
 def _matmul(q, k, v, batch: PackedBatch, window, cls_only):
     # The batch's pairs as one padded block [n, H, L, D], L = its longest pair: batches are
     # length-sorted, so the padding is small, and a layer costs a handful of ops, not a few per pair.
     n, heads, dim = batch.num_pairs, q.shape[1], q.shape[2]
+    dense = not cls_only and (window is None or not _blocks_pay(batch.max_seqlen, window))
+    if dense and n * heads * batch.max_seqlen ** 2 > DENSE_LIMIT:
+        return _reference(q, k, v, batch, window, cls_only)
     slot, lengths, token_pair = _slots(batch)  # [n, L] token row of each (pair, position); [n]; [T]
     kp, vp = _gather(k, slot), _gather(v, slot)  # [n, H, L, D]
     keys = torch.arange(slot.shape[1], device=q.device) < lengths[:, None]  # [n, L] real keys
