@@ -80,6 +80,16 @@ def plan_resources(config: JobConfig, cluster: dict) -> Resources:
     return Resources(actors, 0.0, per_actor, 0.25, "cpu", threads, batch_size(config, gpu=False), calls_per_actor=1)
 
 
+def check_attention(attention: str, device: str) -> None:
+    """Refuse, before the output is touched, an attention backend the scoring actors' device cannot run."""
+    if device != "cuda" and attention in ("flash", "torch"):
+        raise ConfigError(f"attention={attention!r} needs a GPU, and this run scores on the CPU (no GPU in the "
+                          "cluster, or --gpus-per-actor 0); use --attention auto")
+    if device == "cuda" and attention == "matmul":
+        raise ConfigError("attention='matmul' runs on the CPU, and this run scores on GPUs; use --attention auto "
+                          "(or --gpus-per-actor 0 to score on the CPU)")
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None):
     """Ray for one command: the Ray this process already runs, the cluster at `address` (else
@@ -220,9 +230,7 @@ class Run:
             # their own, so the tokenize tasks do not inherit that heap (Ray Data's own advice in read_parquet).
             context.isolate_read_workers = True
             self.resources = plan_resources(self.config, cluster)
-            if self.resources.device != "cuda" and self.scoring.attention in ("flash", "torch"):
-                raise ConfigError(f"attention={self.scoring.attention!r} needs a GPU, and this run scores on the CPU "
-                                  "(no GPU in the cluster, or --gpus-per-actor 0); use --attention auto")
+            check_attention(self.scoring.attention, self.resources.device)
             log.info("scoring on %s", self.resources)
             self.stats = RunStats.remote()
             try:

@@ -127,3 +127,18 @@ def test_batches_are_4096_pairs_on_gpus_and_1024_on_cpus_unless_set():
     assert (cpu.batch_size, cpu.calls_per_actor, cpu.actors) == (1024, 1, 1)
     assert {plan_resources(config.replace(batch_size=64), cluster).batch_size
             for cluster in ({"GPU": 8, "CPU": 96}, {"CPU": 16})} == {64}
+
+
+@pytest.mark.parametrize("attention, device, refused", [
+    ("flash", "cpu", "needs a GPU"), ("torch", "cpu", "needs a GPU"), ("matmul", "cuda", "runs on the CPU"),
+    ("matmul", "cpu", None), ("flash", "cuda", None), ("reference", "cuda", None), ("auto", "cuda", None)])
+def test_an_attention_backend_the_actors_device_cannot_run_is_refused(attention, device, refused):
+    # The job checks this once Ray is up, before the output is touched (test_rerank_bad_input.py runs the
+    # CPU case end to end); unchecked, the scoring actors would fail to start.
+    from ettin_batch.pipeline.run import check_attention
+
+    if refused is None:
+        check_attention(attention, device)
+    else:
+        with pytest.raises(ConfigError, match=refused):
+            check_attention(attention, device)
