@@ -114,8 +114,15 @@ def test_a_process_connected_through_ray_client_is_refused_before_anything_is_wr
             "    sys.exit(2)\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(ray_cluster.env)  # Ray Client sends the token only with RAY_AUTH_MODE=token beside it
-    refused = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
-                             timeout=300)
-    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-3000:]
+    for attempt in range(2):
+        refused = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                                 timeout=300)
+        # Ray's proxier starts a server process per client; on this 2-core VM it sometimes dies at start (about
+        # 1 run in 8, cause unknown: its log goes in the message below). Ours is what happens once connected.
+        if "Starting Ray client server failed" not in refused.stderr:
+            break
+    server_logs = "".join(f"\n== {p}\n{p.read_text()[-1500:]}"
+                          for p in ray_cluster.temp_dir.glob("n0/session_latest/logs/ray_client_server_*.err"))
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-3000:] + server_logs
     assert "goes through Ray Client" in refused.stdout and "ettin-batch submit --address http://" in refused.stdout
     assert not (tmp_path / "out").exists()
