@@ -112,18 +112,18 @@ DENSE_LIMIT = 1 << 27
 def _matmul(q, k, v, batch: PackedBatch, window, cls_only):
     # The batch's pairs as one padded block [n, H, L, D], L = its longest pair: batches are
     # length-sorted, so the padding is small, and a layer costs a handful of ops, not a few per pair.
-    n, heads, dim = batch.num_pairs, q.shape[1], q.shape[2]
-    dense = not cls_only and (window is None or not _blocks_pay(batch.max_seqlen, window))
-    if dense and n * heads * batch.max_seqlen ** 2 > DENSE_LIMIT:
+    n, heads, dim, longest = batch.num_pairs, q.shape[1], q.shape[2], batch.max_seqlen
+    banded = window is not None and _blocks_pay(longest, window)
+    if not cls_only and not banded and n * heads * longest ** 2 > DENSE_LIMIT:
         return _reference(q, k, v, batch, window, cls_only)
     slot, lengths, token_pair = _slots(batch)  # [n, L] token row of each (pair, position); [n]; [T]
     kp, vp = _gather(k, slot), _gather(v, slot)  # [n, H, L, D]
-    keys = torch.arange(slot.shape[1], device=q.device) < lengths[:, None]  # [n, L] real keys
+    keys = torch.arange(longest, device=q.device) < lengths[:, None]  # [n, L] real keys
     if cls_only:
         o = _dense(q.reshape(n, heads, 1, dim), kp, vp, keys[:, None, None, :])  # [n, H, 1, D]
         return o.view(n, heads, dim)
-    qp, longest = _gather(q, slot), slot.shape[1]
-    if window is not None and _blocks_pay(longest, window):
+    qp = _gather(q, slot)  # [n, H, L, D]
+    if banded:
         o = _banded(qp, kp, vp, lengths, window)
     else:
         mask = keys[:, None, None, :]  # [n, 1, 1, L]
