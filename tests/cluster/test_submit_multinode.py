@@ -114,7 +114,7 @@ def test_a_process_connected_through_ray_client_is_refused_before_anything_is_wr
             "    sys.exit(2)\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(ray_cluster.env)  # Ray Client sends the token only with RAY_AUTH_MODE=token beside it
-    for attempt in range(2):
+    for _ in range(2):
         refused = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
                                  timeout=300)
         # Ray's proxier starts a server process per client; on this 2-core VM it sometimes dies at start (about
