@@ -164,7 +164,12 @@ def _let_ray_data_stop(timeout: float = 30.0) -> None:
         if type(thread).__name__ == "StreamingExecutor":  # Ray Data's executor is its own thread
             with contextlib.suppress(Exception):
                 thread.shutdown(force=True)
-            thread.join(max(0.0, deadline - time.monotonic()))
+            while time.monotonic() < deadline:
+                try:
+                    thread.join(max(0.0, deadline - time.monotonic()))
+                    break
+                except RuntimeError:  # interrupted as it started: enumerate() lists it before join() may wait
+                    time.sleep(0.01)
 
 
 BLOCK_BYTES = 16 * 2**20  # Ray Data's blocks: ~16k real-text pairs, a second or two of one tokenize task

@@ -321,3 +321,22 @@ def test_quickstart_with_a_mistyped_model_fails_instead_of_falling_back_to_rando
                            f"SAMPLE={tmp_path}/sample"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "does not exist" in done.stderr, done.stderr[-2000:]
     assert "RANDOM weights" not in done.stdout and not (tmp_path / "sample" / "reranked" / "_SUCCESS.json").exists()
+
+
+def test_stopping_ray_data_on_ctrl_c_waits_out_an_executor_thread_that_has_not_started_yet(monkeypatch):
+    # A Ctrl-C as Ray Data starts its executor: threading.enumerate() already lists the thread (start()
+    # called), and join() raises "cannot join thread before it is started" (CI saw exit 4 instead of 130).
+    import threading
+    import time
+
+    from ettin_batch.pipeline import run
+
+    class StreamingExecutor(threading.Thread):
+        def shutdown(self, force: bool) -> None:
+            pass
+
+    starting = StreamingExecutor()
+    monkeypatch.setattr(threading, "enumerate", lambda: [starting])
+    start = time.monotonic()
+    run._let_ray_data_stop(timeout=0.3)  # returns, once the thread has had its time
+    assert time.monotonic() - start < 5
