@@ -223,3 +223,22 @@ def test_a_token_the_model_does_not_embed_fails_on_the_host_before_the_model_run
     with pytest.raises(IndexError, match=r"token id \d+ has no embedding in this model"):
         reranker.score(["a query", "another"], ["a document", f"a document with {UNEMBEDDED_TOKEN}"])
     assert len(forwards.read_text().splitlines()) == 1  # no forward pass saw the batch
+
+
+def test_a_pair_that_runs_out_of_device_memory_alone_says_what_to_change(reranker):
+    from ettin_batch.engine.faults import FaultHooks
+
+    pairs = reranker.tokenizer(QUERIES, DOCUMENTS)
+    longest = int(pairs.lengths.max())
+    reranker.faults = FaultHooks(oom_above_tokens=longest - 1)  # every pair fits alone but the longest
+    splits = reranker.stats["oom_splits"]
+    try:
+        with pytest.raises(torch.OutOfMemoryError) as raised:
+            reranker.score_tokens(pairs)
+    finally:
+        reranker.faults = None
+    message = str(raised.value)
+    assert f"one pair of {longest} tokens does not fit in cpu memory on its own" in message
+    assert "max_length 128" in message and "--max-length" in message and "nvidia-smi" in message
+    assert "fault injection: a forward pass over" in message  # the device's own words are kept
+    assert reranker.stats["oom_splits"] > splits  # batches were halved down to the one pair first

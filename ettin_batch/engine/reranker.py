@@ -193,14 +193,22 @@ class Reranker:
         try:
             self.stats["batches"] += 1
             return [(index, self._forward(pairs.take(index)))]
-        except torch.OutOfMemoryError:
+        except torch.OutOfMemoryError as e:
             if len(index) == 1:
-                raise
+                raise self._pair_too_big(int(pairs.lengths[index[0]]), e) from e
             self.stats["oom_splits"] += 1
             log.warning("out of device memory on a batch of %d pairs; splitting it in two", len(index))
             torch.cuda.empty_cache()
             half = len(index) // 2
             return self._run_with_split(pairs, index[:half]) + self._run_with_split(pairs, index[half:])
+
+    def _pair_too_big(self, tokens: int, error: torch.OutOfMemoryError) -> torch.OutOfMemoryError:
+        """The error for a pair that runs out of device memory alone: no split can help, so say what can."""
+        return torch.OutOfMemoryError(
+            f"one pair of {tokens} tokens does not fit in {self.device} memory on its own ({self.resolved.model_id} in "
+            f"{str(self.dtype).removeprefix('torch.')}, max_length {self.max_length}). Another process may hold the "
+            "device's memory (nvidia-smi lists them); else lower --max-length, or use a device with more memory. "
+            f"The device said: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
 
     def _forward(self, batch_pairs: TokenizedPairs) -> torch.Tensor:
         if self.faults is not None:
