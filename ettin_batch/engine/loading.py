@@ -33,14 +33,16 @@ class ResolvedModel:
     is_random: bool
 
 
-def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:
-    """Local folder for `name` (a local path, a Hub id or `random:<shape>`)."""
+def resolve_model(name: str, revision: str | None = None, *, warn_random: bool = True) -> ResolvedModel:
+    """Local folder for `name` (a local path, a Hub id or `random:<shape>`); a random one is warned of unless
+    `warn_random` is False (a job's tokenize workers: the driver has said it, and they are many)."""
     if name.startswith(RANDOM_PREFIX):
         try:
             path = random_model_path(name)
         except ValueError as e:
             raise ModelLoadError(str(e)) from None
-        log.warning("%s has RANDOM weights: its scores mean nothing; use it for smoke runs and speed only", name)
+        if warn_random:
+            log.warning("%s has RANDOM weights: its scores mean nothing; use it for smoke runs and speed only", name)
         return ResolvedModel(str(path), name, None, True)
     path = Path(name).expanduser()
     if path.is_dir():

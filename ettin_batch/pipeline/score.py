@@ -166,10 +166,12 @@ class ScorePairs:
 
     def __init__(self, *, scoring: ScoringConfig, device: str, threads: int | None, stats, rejects: RejectsDir):
         import torch
+        import transformers
         from ray.data import DataContext
 
         from ettin_batch.engine import Reranker
 
+        transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar per actor in the job's log
         if threads:
             # Ray sets OMP_NUM_THREADS from the actor's CPU share, rounded down; use what was reserved.
             torch.set_num_threads(threads)

@@ -272,6 +272,9 @@ def test_a_stale_ray_address_recorded_by_ray_start_is_ignored_for_a_local_ray(tm
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert job.returncode == 0, err[-2000:]
     assert "pairs in 2" in out and (tmp_path / "out" / "_SUCCESS.json").exists()
+    # The job's log, while here: the driver and the scoring actor say RANDOM (the tokenize workers, many on a
+    # big node, do not), and no actor draws transformers' "Loading weights" bar into it.
+    assert err.count("RANDOM weights") == 2 and "Loading weights" not in err, err[-4000:]
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
