@@ -29,7 +29,7 @@ from ettin_batch.pipeline.inputs import inspect_inputs
 from ettin_batch.pipeline.run import batch_size, plan_resources
 from ettin_batch.pipeline.reuse import FINGERPRINT_COL, fingerprint_header, open_previous, scored_before
 from ettin_batch.plan import fidelity as fid
-from ettin_batch.plan.forecast import Cluster, Forecast, Rates, forecast
+from ettin_batch.plan.forecast import Cluster, Forecast, Rates, forecast, regroup_advice
 from ettin_batch.plan.measure import load_engine, machine, measure_model, run_cpu_stage, tokenized_pairs
 from ettin_batch.plan.report import format_table
 from ettin_batch.plan.sample import count_queries, draw_sample
@@ -184,6 +184,8 @@ def _warnings(report: PlanReport) -> list[str]:
     if stage["rejected"]:
         found.append(f"{stage['rejected']:,} of the {stage['pairs']:,} sampled pairs cannot be scored (null ids or "
                      "texts, or text the tokenizer refuses): the run would reject such rows to rejects/")
+    if advice := regroup_advice(report.forecast):
+        found.append(advice)
     for check in report.fidelity:
         if check.reference_std <= 10 * fid.FP32_TOL:
             found.append(f"the reference scores barely differ from pair to pair (std {check.reference_std:.1e}): "

@@ -16,7 +16,8 @@ Plain arithmetic on measured rates, so it can be checked by hand (and is tested 
               CPU tasks run beside the model on the cores left; whichever takes more of the cores'
               time decides
   start-up, reported apart: Ray's start, then for each group of input files the job scores in
-  turn (rerank.shard_groups) an actor start and a model load
+  turn (rerank.shard_groups) an actor start and a model load; where those restarts cost over a
+  quarter of the wall time, `regroup_advice` names a --group-rows that brings them near a tenth
   GPU-hours = G x (wall + start-up) / 3600: the GPUs are booked from the start
 
 Not in the wall time: reading and writing Parquet, Ray's own processes, top-k (small next to the
@@ -79,7 +80,9 @@ class Forecast:
     model_s: float  # wall seconds the model needs
     cpu_s: float  # wall seconds the CPU stage needs on the CPUs it gets
     wall_s: float  # the run without start-up
-    startup_s: float  # Ray's fixed start-up, reported apart
+    startup_s: float  # Ray's fixed start-up and each group's actor start, reported apart
+    groups: int  # groups of input files scored one after another
+    group_start_s: float  # each group's actor start and model load (in startup_s)
     bottleneck: str  # "model" or "tokenization"
     gpu_hours: float | None
     cost: float | None
@@ -89,7 +92,7 @@ class Forecast:
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        for name in ("model_s", "cpu_s", "wall_s", "startup_s"):
+        for name in ("model_s", "cpu_s", "wall_s", "startup_s", "group_start_s"):
             out[name] = round(out[name], 1)
         for name in ("gpu_hours", "cost"):
             out[name] = None if out[name] is None else round(out[name], 4)
@@ -102,7 +105,8 @@ def forecast(pairs: int, rates: Rates, cluster: Cluster, *, pairs_to_score: int 
     the model; `groups`: groups of input files the job scores one after another (one model load each)."""
     to_score = pairs if pairs_to_score is None else pairs_to_score
     cpu_core_s = pairs * rates.fingerprint_s_per_pair + to_score * rates.tokenize_s_per_pair
-    startup = RAY_START_S + groups * (ACTOR_START_S + rates.model_load_s)
+    group_start = ACTOR_START_S + rates.model_load_s
+    startup = RAY_START_S + groups * group_start
     if cluster.gpus == 0:
         model_s = to_score / (cluster.actors * rates.model_pairs_per_s)
         cpu_s = cpu_core_s / cluster.cores
@@ -122,5 +126,20 @@ def forecast(pairs: int, rates: Rates, cluster: Cluster, *, pairs_to_score: int 
         gpu_hours = cluster.gpus * (wall + startup) / 3600
         cost = None if cluster.gpu_hour_price is None else gpu_hours * cluster.gpu_hour_price
         why = CPU_FOR_GPU if rates.model_device != "cuda" else None
-    return Forecast(cluster, pairs, to_score, model_s, cpu_s, wall, startup, slower, gpu_hours, cost, keep_busy,
-                    why is None, why)
+    return Forecast(cluster, pairs, to_score, model_s, cpu_s, wall, startup, groups, group_start, slower, gpu_hours,
+                    cost, keep_busy, why is None, why)
+
+
+def regroup_advice(f: Forecast) -> str | None:
+    """Where restarting the scoring actors for each group of input files costs more than a quarter of the
+    wall time (a fast GPU, many groups), the --group-rows that brings it near a tenth, and its price."""
+    restarts = f.groups * f.group_start_s
+    if f.groups < 2 or restarts <= 0.25 * f.wall_s:
+        return None
+    fewer = max(1, int(0.1 * f.wall_s // f.group_start_s))
+    rows = math.ceil(f.pairs / fewer)
+    return (f"the job scores the input in {f.groups} groups of files, one after another, and each group starts its "
+            f"scoring actors anew (~{f.group_start_s:.0f} s: worker start, imports, model load): {restarts:,.0f} s "
+            f"in all against {f.wall_s:,.0f} s of scoring. --group-rows {rows} ({fewer} group"
+            f"{'s' if fewer > 1 else ''}) would cut that to ~{fewer * f.group_start_s:,.0f} s; the price: a resumed "
+            f"run redoes up to {rows:,} rows (the groups in flight)")
