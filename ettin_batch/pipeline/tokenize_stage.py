@@ -43,7 +43,8 @@ def _tokenizer(scoring: ScoringConfig):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from ettin_batch.engine import PairTokenizer, resolve_model
 
-    return PairTokenizer.from_pretrained(resolve_model(scoring.model, scoring.revision, warn_random=False).path, scoring.max_length)
+    model = resolve_model(scoring.model, scoring.revision, warn_random=False)
+    return PairTokenizer.from_pretrained(model.path, scoring.max_length)
 
 
 @dataclass(frozen=True)
