@@ -31,11 +31,13 @@ import math
 from dataclasses import asdict, dataclass
 
 # Start-up of the job's parts that the plan does not run, measured on the 2-core development VM
-# (benchmarks/RESULTS.md, "Ray's overhead"): `ray.init` of a local Ray 3.6-4.2 s; a scoring actor's
-# worker start and its torch / transformers / sentence-transformers imports about 8 s. A cluster
-# whose nodes must first be provisioned takes longer; that is not counted.
+# (benchmarks/RESULTS.md): `ray.init` of a local Ray 3.6-4.2 s ("Ray's overhead"); each group of files
+# 9.4 s (random:ettin-tiny) and 10.8 s (17M) in all, of which the model load (the plan's load_s, measured
+# on its own) 0.2 and 0.8 s: the rest is the last group's actor exiting, the new actor's worker start
+# and its torch / transformers / sentence-transformers imports ("The fixed cost of a resume group").
+# A cluster whose nodes must first be provisioned takes longer; that is not counted.
 RAY_START_S = 4.0
-ACTOR_START_S = 8.0
+ACTOR_START_S = 9.5
 
 # Said when a forecast for GPUs rests on a model rate measured on a CPU.
 CPU_FOR_GPU = ("the model's rate was measured on this machine's CPU, not on a GPU, and a GPU scores these models "

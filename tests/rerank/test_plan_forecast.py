@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from ettin_batch.plan.forecast import ACTOR_START_S, RAY_START_S, Cluster, Rates, forecast, regroup_advice
@@ -35,21 +37,23 @@ def test_start_up_is_apart_from_the_wall_time_and_counts_a_model_load_per_group(
 
 def test_when_restarting_the_actors_per_group_costs_a_quarter_of_the_run_the_advice_names_fewer_groups():
     # 16M pairs on 8 GPUs at 40,000 pairs/s: 50 s of scoring; 16 groups of 1M (the job's default floor), each
-    # an actor start and a model load of 10 s: 160 s of restarts.
-    f = forecast(16_000_000, GPU, Cluster(gpus=8, cpus_per_gpu=64), groups=16)
-    assert f.wall_s == pytest.approx(50) and f.group_start_s == pytest.approx(ACTOR_START_S + 2.0) == 10
+    # an actor start and a model load of 10 s in all: 160 s of restarts.
+    gpu = dataclasses.replace(GPU, model_load_s=10.0 - ACTOR_START_S)
+    f = forecast(16_000_000, gpu, Cluster(gpus=8, cpus_per_gpu=64), groups=16)
+    assert f.wall_s == pytest.approx(50) and f.group_start_s == pytest.approx(10)
     advice = regroup_advice(f)
     # A tenth of the wall time buys floor(5 s / 10 s) = 0 restarts, so one group of every row.
     assert "16 groups of files" in advice and "160 s in all against 50 s of scoring" in advice
     assert "--group-rows 16000000 (1 group) would cut that to ~10 s" in advice
     assert "a resumed run redoes up to 16,000,000 rows" in advice
-    slower = forecast(16_000_000, GPU, Cluster(gpus=1, cpus_per_gpu=64), groups=16)  # 400 s of scoring
+    slower = forecast(16_000_000, gpu, Cluster(gpus=1, cpus_per_gpu=64), groups=16)  # 400 s of scoring
     assert "--group-rows 4000000 (4 groups) would cut that to ~40 s" in regroup_advice(slower)
 
 
 def test_no_regroup_advice_for_one_group_or_restarts_under_a_quarter_of_the_run():
-    assert regroup_advice(forecast(16_000_000, GPU, Cluster(gpus=8, cpus_per_gpu=64), groups=1)) is None
-    assert regroup_advice(forecast(16_000_000, GPU, Cluster(gpus=1, cpus_per_gpu=64), groups=8)) is None  # 80 of 400 s
+    gpu = dataclasses.replace(GPU, model_load_s=10.0 - ACTOR_START_S)  # 10 s a group
+    assert regroup_advice(forecast(16_000_000, gpu, Cluster(gpus=8, cpus_per_gpu=64), groups=1)) is None
+    assert regroup_advice(forecast(16_000_000, gpu, Cluster(gpus=1, cpus_per_gpu=64), groups=8)) is None  # 80 of 400 s
 
 
 def test_gpu_hours_book_every_gpu_from_the_start_and_cost_is_their_price():
