@@ -98,6 +98,9 @@ def test_ray_job_submit_runs_the_job_entry_point_with_the_nightly_config(run, ra
     assert manifest["counts"]["scored"] == 72 and manifest["top_k"] == 10  # top_k from nightly.yaml
 
 
+NOT_CONNECTED = 75  # the Ray Client test's script: ray.init("ray://...") itself failed
+
+
 def test_a_process_connected_through_ray_client_is_refused_before_anything_is_written(ray_cluster, run, tmp_path):
     """Ray Data cannot run through Ray Client (in Ray 2.60 the job failed once its dataset started, its
     output folder begun): a process connected with ray.init('ray://...') gets a ConfigError naming submit."""
@@ -105,7 +108,11 @@ def test_a_process_connected_through_ray_client_is_refused_before_anything_is_wr
             "from ettin_batch import rerank\n"
             "from ettin_batch.config import RerankConfig\n"
             "from ettin_batch.errors import ConfigError\n"
-            f"ray.init({ray_cluster.client_address!r})\n"
+            "try:\n"
+            f"    ray.init({ray_cluster.client_address!r})\n"
+            "except Exception as e:\n"
+            "    print('NOT CONNECTED:', type(e).__name__, e, file=sys.stderr)\n"
+            f"    sys.exit({NOT_CONNECTED})\n"
             "try:\n"
             f"    rerank(RerankConfig.of(input=[{str(run['folder'])!r}], output={str(tmp_path / 'out')!r},\n"
             f"                           model={TINY!r}, progress=False))\n"
@@ -114,15 +121,17 @@ def test_a_process_connected_through_ray_client_is_refused_before_anything_is_wr
             "    sys.exit(2)\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(ray_cluster.env)  # Ray Client sends the token only with RAY_AUTH_MODE=token beside it
-    for _ in range(2):
+    for _ in range(3):
         refused = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
                                  timeout=300)
-        # Ray's proxier starts a server process per client; on this 2-core VM it sometimes dies at start (about
-        # 1 run in 8, cause unknown: its log goes in the message below). Ours is what happens once connected.
-        if "Starting Ray client server failed" not in refused.stderr:
+        # Ray's proxier starts a server process per client; on the 2-core VM that process sometimes dies at start
+        # (about 1 run in 8; Ray then says "Starting Ray client server failed", or its proxier trips on the dead
+        # process: psutil.ZombieProcess), before any code of ours runs. Only a connection that failed is tried
+        # again; what is asserted is what happens once connected.
+        if refused.returncode != NOT_CONNECTED:
             break
     server_logs = "".join(f"\n== {p}\n{p.read_text()[-1500:]}"
-                          for p in ray_cluster.temp_dir.glob("n0/session_latest/logs/ray_client_server_*.err"))
+                          for p in ray_cluster.temp_dir.glob("n0/session_latest/logs/ray_client_server_*"))
     assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-3000:] + server_logs
     assert "goes through Ray Client" in refused.stdout and "ettin-batch submit --address http://" in refused.stdout
     assert not (tmp_path / "out").exists()
