@@ -1,7 +1,8 @@
 """rejects/: the rows a stage could not score, each with its `reason`, readable by any Parquet tool.
 
 A stage writes the rows it sets aside as one Parquet file named after their ids, so a retried task
-overwrites its own file and never duplicates a reject. Text that is not valid UTF-8 (a writer
+overwrites its own file and never duplicates a reject; rows that carry their resume group (groups.GROUP_COL)
+go to that group's folder. Text that is not valid UTF-8 (a writer
 that skipped validation) would make the whole folder unreadable for pyarrow, pandas and polars;
 such values are written with their bad bytes replaced by U+FFFD, and the reason says so.
 """
@@ -15,6 +16,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ettin_batch.pipeline.groups import GROUP_COL, split_by_group
+
 REASON = "reason"
 # Columns that only travel between stages: never part of a reject.
 _INTERNAL = ("pair_fingerprint", "score")
@@ -26,10 +29,16 @@ class RejectsDir:
 
     path: str
     filesystem: pafs.FileSystem
+    groups: tuple[str, ...] = ()  # the run's resume groups, by GROUP_COL index: rows go to path/<group>/
 
     def write(self, rows: pa.Table, reasons: list[str]) -> None:
         """`rows` (canonical names) with their `reason`, as one file named after their ids."""
         if rows.num_rows == 0:
+            return
+        if GROUP_COL in rows.column_names:
+            for i, part in split_by_group(rows.append_column(REASON, pa.array(reasons, pa.string()))):
+                folder = RejectsDir(f"{self.path}/{self.groups[i]}", self.filesystem)
+                folder.write(part.drop_columns([REASON]), part.column(REASON).to_pylist())
             return
         rows = rows.drop_columns([c for c in _INTERNAL if c in rows.column_names])
         rows, reasons = readable(rows, reasons)

@@ -1,13 +1,14 @@
 """The rerank job: every pair's score and each query's top-k. Its stages, handed to the shared Run:
 
-    for each group of input files that no earlier run of the same settings finished (shard_groups):
-      read_parquet (projected columns)
+    the groups of input files that no earlier run of the same settings finished (groups.py), in one stream:
+      read_parquet (projected columns, each row's file)
+        -> TagGroups      each row's resume group, from its file
         -> canonical      canonical names, the pair fingerprint
-        [-> join          --reuse: an unchanged pair gets the previous run's score (reuse.py)]
         -> Tokenize       CPU tasks; null and untokenizable rows -> rejects/<group>/
         -> ScorePairs     the actor pool, one model per GPU; a pair the model raises on -> rejects/<group>/
-        -> write_parquet  scores/<group>/
-      -> _done/<group>.json
+        -> write_groups   scores/<group>/, in input order; -> _done/<group>.json once a group adds up
+    (--reuse: each group in a stream of its own, a join after canonical gives an unchanged pair the
+     previous run's score (reuse.py), write_parquet to scores/<group>/, then _done/<group>.json)
     write_topk: each scores/ file's k best per query, merged -> topk/   (topk.py)
     counts from the written files -> _SUCCESS.json (last)
 
@@ -17,16 +18,15 @@ once per pair and the dataset is never materialised.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-from dataclasses import dataclass
 
 import pyarrow as pa
 
-from ettin_batch import storage
 from ettin_batch.config import RerankConfig
 from ettin_batch.pipeline import reuse
+from ettin_batch.pipeline.groups import (PATH_COL, Group, TagGroups, group_rows, in_input_order, shard_groups,
+                                         write_groups)
 from ettin_batch.pipeline.inputs import InputPlan
 from ettin_batch.pipeline.manifest import RunResult
 from ettin_batch.pipeline.run import Run
@@ -34,46 +34,6 @@ from ettin_batch.pipeline.topk import topk_schema, write_topk
 from ettin_batch.run_folder import REJECTS, SCORES, TOPK
 
 log = logging.getLogger("ettin_batch.pipeline")
-
-# Resume. The inputs are cut into groups of whole files, scored one group after another; each group's
-# files go to scores/<group>/ and rejects/<group>/, and _done/<group>.json is written once they are
-# all there. A rerun with the same fingerprint (run_fingerprint) skips the finished groups and redoes
-# the others, so it repeats at most the groups that were in flight.
-GROUP_ROWS_ENV = "ETTIN_BATCH_GROUP_ROWS"
-DEFAULT_GROUP_ROWS = 1_000_000  # each group restarts the actor pool (model load), so not too small
-MAX_GROUPS = 16  # a bigger input gets bigger groups: a resume redoes at most ~1/16 of the work
-
-
-@dataclass
-class Group:
-    key: str
-    files: list[str]
-    rows: int
-
-
-def group_rows(configured: int | None = None) -> int:
-    """The smallest group, in rows: `configured` (config.group_rows) if given, else $ETTIN_BATCH_GROUP_ROWS, else 1M."""
-    return storage.setting(configured, GROUP_ROWS_ENV, DEFAULT_GROUP_ROWS, "rows")
-
-
-def shard_groups(plan: InputPlan, floor: int | None = None) -> list[Group]:
-    """Consecutive whole files, about max(group_rows(floor), rows / 16) rows each."""
-    target = max(1, group_rows(floor), math.ceil(plan.num_rows / MAX_GROUPS))
-    groups: list[Group] = []
-    files: list[str] = []
-    rows = 0
-    for path, n in zip(plan.files, plan.file_rows):
-        files.append(path)
-        rows += n
-        if rows >= target:
-            groups.append(Group("", files, rows))
-            files, rows = [], 0
-    if files or not groups:
-        groups.append(Group("", files, rows))
-    for i, g in enumerate(groups):
-        g.key = f"g{i:04d}-" + hashlib.sha1("\n".join(g.files).encode()).hexdigest()[:12]
-    return groups
-
 
 def run_fingerprint(config: RerankConfig, plan: InputPlan, model) -> dict:
     """What must match for an unfinished output to be resumed rather than replaced."""
@@ -107,10 +67,23 @@ def rerank(config: RerankConfig) -> RunResult:
         for group in to_score:
             for entry in (SCORES, REJECTS):  # an unfinished group's partial files
                 run.folder.remove(entry, group.key)
-            if group.files:
-                _score_group(run, group, reuse.fingerprint_header(**settings), old_scores)
+
+        def mark_done(group: Group) -> None:
             run.folder.mark_done(group.key, {"files": [run.plan.location.url(f) for f in group.files],
                                              "rows": group.rows})
+
+        header = reuse.fingerprint_header(**settings)
+        if old_scores is None and PATH_COL not in run.plan.schema.names:
+            _score_groups(run, to_score, header, mark_done)
+        else:  # --reuse joins each group on its own (reuse.py); an input column `path` would hide Ray Data's
+            if old_scores is None and len(to_score) > 1:
+                log.warning("the input has a column named %r, the name Ray Data gives each row's file: the %d groups "
+                            "of input files are scored one after another, each starting the scoring actors anew "
+                            "(rename the column to save that time)", PATH_COL, len(to_score))
+            for group in to_score:
+                if group.files:
+                    _score_group(run, group, header, old_scores)
+                mark_done(group)
         run.phases.mark("scoring")
     with run.reporting():  # after Ray: its workers' memory is released before the driver reads scores/ back
         scored = run.folder.count_rows(SCORES)
@@ -131,7 +104,24 @@ def rerank(config: RerankConfig) -> RunResult:
                             **({"why_not": why_not} if why_not else {}), "pairs_reused": run.totals["reused"]})
 
 
+def _score_groups(run: Run, groups: list[Group], header: bytes, mark_done) -> None:
+    """Every group in one Ray Data execution, so the scoring actors start once (groups.py)."""
+    files = [f for g in groups for f in g.files]
+    if not files:
+        for group in groups:
+            mark_done(group)
+        return
+    with in_input_order():
+        tag = TagGroups(tuple(files), tuple(i for i, g in enumerate(groups) for _ in g.files))
+        ds = run.canonical(run.map(run.read(files, include_paths=True), tag), header)
+        rejects = run.rejects(groups=tuple(g.key for g in groups))
+        ds = run.score(run.tokenize(ds, rejects), rejects)
+        write_groups(ds, run.folder, SCORES, groups, num_cpus=run.resources.cpus_per_task,
+                     window=max(4, 2 * run.resources.actors), done=mark_done)
+
+
 def _score_group(run: Run, group: Group, header: bytes, previous) -> None:
+    """One group in an execution of its own (a --reuse run)."""
     ds = run.canonical(run.read(group.files), header)
     schema = None
     if previous is not None:

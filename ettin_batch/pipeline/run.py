@@ -260,7 +260,8 @@ class Run:
 
     # --- the stages every job shares, each built from the run's config ----------------------------
 
-    def read(self, files: list[str]):
+    def read(self, files: list[str], *, include_paths: bool = False):
+        """The input files' projected columns; with `include_paths`, Ray Data's `path` column too (groups.TagGroups)."""
         import ray
 
         # Read tasks of READ_UNIT_BYTES (Ray Data packs row groups into units of up to 128 MiB, and a worker
@@ -271,7 +272,8 @@ class Run:
         os.environ[READ_UNIT_ENV] = saved or str(READ_UNIT_BYTES)  # a user's own setting wins
         try:
             return ray.data.read_parquet(files, filesystem=self.plan.location.pa_fs, columns=self.plan.read_columns,
-                                         num_cpus=self.resources.cpus_per_task, concurrency=self.resources.actors)
+                                         include_paths=include_paths, num_cpus=self.resources.cpus_per_task,
+                                         concurrency=self.resources.actors)
         finally:
             if saved is None:
                 os.environ.pop(READ_UNIT_ENV, None)
@@ -288,8 +290,8 @@ class Run:
         step = Tokenize(self.scoring, rejects, schema=schema, keep_text=keep_text, stats=self.stats)
         return self.map(ds, step)
 
-    def rejects(self, *parts: str) -> RejectsDir:
-        return RejectsDir(self.folder.path(REJECTS, *parts), self.folder.loc.pa_fs)
+    def rejects(self, *parts: str, groups: tuple[str, ...] = ()) -> RejectsDir:
+        return RejectsDir(self.folder.path(REJECTS, *parts), self.folder.loc.pa_fs, groups)
 
     def score(self, ds, rejects: RejectsDir):
         """The scoring actor pool: one model per actor (per GPU), all started together; a pair the model

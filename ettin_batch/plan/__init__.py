@@ -65,7 +65,7 @@ def plan(config: PlanConfig, *, faults=None) -> PlanReport:
     faults: engine fault hooks (ettin_batch.engine.faults) for tests; None in real use.
     """
     from ettin_batch.engine.loading import check_model
-    from ettin_batch.pipeline.rerank import shard_groups
+    from ettin_batch.pipeline.groups import shard_groups
 
     config.validate()
     scoring = config.scoring
@@ -98,7 +98,7 @@ def plan(config: PlanConfig, *, faults=None) -> PlanReport:
                "max_length": scoring.max_length, "job_dtype": job_dtype},
         input=_input_summary(inputs, sample, queries, estimated, pairs, config),
         measured={"machine": machine(), "cpu_stage": stage.as_dict(), "model": run.as_dict()},
-        forecast=forecast(inputs.num_rows, rates, cluster, groups=groups),
+        forecast=forecast(inputs.num_rows, rates, cluster),
         reuse=previous and _reuse(previous, settings, out, inputs.num_rows, rates, cluster, groups),
         fidelity=_fidelity(config, model.path, engine, scores, out, pairs, faults) if config.fidelity else [])
     report.warnings = _warnings(report)
@@ -143,7 +143,7 @@ def _reuse(previous, settings: dict, out: pa.Table, rows: int, rates: Rates, clu
     result = {"from": previous.folder.url(), "usable": why is None, "sample_pairs_scored_before": int(found.sum()),
               "share": round(share, 4),
               "incremental": forecast(rows, rates, cluster, pairs_to_score=round(rows * (1 - share)),
-                                      groups=groups).as_dict()}
+                                      actor_starts=groups).as_dict()}
     return {**result, "why_not": why} if why else result
 
 
@@ -184,7 +184,7 @@ def _warnings(report: PlanReport) -> list[str]:
     if stage["rejected"]:
         found.append(f"{stage['rejected']:,} of the {stage['pairs']:,} sampled pairs cannot be scored (null ids or "
                      "texts, or text the tokenizer refuses): the run would reject such rows to rejects/")
-    if advice := regroup_advice(report.forecast):
+    if report.reuse and (advice := regroup_advice(report.reuse["incremental"])):
         found.append(advice)
     for check in report.fidelity:
         if check.reference_std <= 10 * fid.FP32_TOL:

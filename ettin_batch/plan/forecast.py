@@ -15,9 +15,10 @@ Plain arithmetic on measured rates, so it can be checked by hand (and is tested 
               tasks share the N cores, so with T = N their times add, and with fewer threads the
               CPU tasks run beside the model on the cores left; whichever takes more of the cores'
               time decides
-  start-up, reported apart: Ray's start, then for each group of input files the job scores in
-  turn (rerank.shard_groups) an actor start and a model load; where those restarts cost over a
-  quarter of the wall time, `regroup_advice` names a --group-rows that brings them near a tenth
+  start-up, reported apart: Ray's start, then the scoring actors' start and model load: once a run,
+  or with --reuse once for each group of input files (groups.shard_groups), which it scores in turn;
+  where those restarts cost over a quarter of the wall time, `regroup_advice` names a --group-rows
+  that brings them near a tenth
   GPU-hours = G x (wall + start-up) / 3600: the GPUs are booked from the start
 
 Not in the wall time: reading and writing Parquet, Ray's own processes, top-k (small next to the
@@ -31,10 +32,10 @@ import math
 from dataclasses import asdict, dataclass
 
 # Start-up of the job's parts that the plan does not run, measured on the 2-core development VM
-# (benchmarks/RESULTS.md): `ray.init` of a local Ray 3.6-4.2 s ("Ray's overhead"); each group of files
-# 9.4 s (random:ettin-tiny) and 10.8 s (17M) in all, of which the model load (the plan's load_s, measured
-# on its own) 0.2 and 0.8 s: the rest is the last group's actor exiting, the new actor's worker start
-# and its torch / transformers / sentence-transformers imports ("The fixed cost of a resume group").
+# (benchmarks/RESULTS.md): `ray.init` of a local Ray 3.6-4.2 s ("Ray's overhead"); each start of the
+# scoring actors 9.4 s (random:ettin-tiny) and 10.8 s (17M) in all, of which the model load (the plan's
+# load_s, measured on its own) 0.2 and 0.8 s: the rest is the last actors exiting, the new actor's worker
+# start and its torch / transformers / sentence-transformers imports ("The fixed cost of a resume group").
 # A cluster whose nodes must first be provisioned takes longer; that is not counted.
 RAY_START_S = 4.0
 ACTOR_START_S = 9.5
@@ -82,9 +83,9 @@ class Forecast:
     model_s: float  # wall seconds the model needs
     cpu_s: float  # wall seconds the CPU stage needs on the CPUs it gets
     wall_s: float  # the run without start-up
-    startup_s: float  # Ray's fixed start-up and each group's actor start, reported apart
-    groups: int  # groups of input files scored one after another
-    group_start_s: float  # each group's actor start and model load (in startup_s)
+    startup_s: float  # Ray's fixed start-up and the scoring actors' starts, reported apart
+    actor_starts: int  # times the scoring actors start: once, or with --reuse once a group of input files
+    actor_start_s: float  # each start: worker, imports, model load (in startup_s)
     bottleneck: str  # "model" or "tokenization"
     gpu_hours: float | None
     cost: float | None
@@ -94,7 +95,7 @@ class Forecast:
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        for name in ("model_s", "cpu_s", "wall_s", "startup_s", "group_start_s"):
+        for name in ("model_s", "cpu_s", "wall_s", "startup_s", "actor_start_s"):
             out[name] = round(out[name], 1)
         for name in ("gpu_hours", "cost"):
             out[name] = None if out[name] is None else round(out[name], 4)
@@ -102,13 +103,14 @@ class Forecast:
 
 
 def forecast(pairs: int, rates: Rates, cluster: Cluster, *, pairs_to_score: int | None = None,
-             groups: int = 1) -> Forecast:
+             actor_starts: int = 1) -> Forecast:
     """The run over `pairs` input pairs, of which `pairs_to_score` (default all) need the tokenizer and
-    the model; `groups`: groups of input files the job scores one after another (one model load each)."""
+    the model; `actor_starts`: times the scoring actors start and load the model (a --reuse run: once a
+    group of input files)."""
     to_score = pairs if pairs_to_score is None else pairs_to_score
     cpu_core_s = pairs * rates.fingerprint_s_per_pair + to_score * rates.tokenize_s_per_pair
-    group_start = ACTOR_START_S + rates.model_load_s
-    startup = RAY_START_S + groups * group_start
+    actor_start = ACTOR_START_S + rates.model_load_s
+    startup = RAY_START_S + actor_starts * actor_start
     if cluster.gpus == 0:
         model_s = to_score / (cluster.actors * rates.model_pairs_per_s)
         cpu_s = cpu_core_s / cluster.cores
@@ -128,20 +130,21 @@ def forecast(pairs: int, rates: Rates, cluster: Cluster, *, pairs_to_score: int 
         gpu_hours = cluster.gpus * (wall + startup) / 3600
         cost = None if cluster.gpu_hour_price is None else gpu_hours * cluster.gpu_hour_price
         why = CPU_FOR_GPU if rates.model_device != "cuda" else None
-    return Forecast(cluster, pairs, to_score, model_s, cpu_s, wall, startup, groups, group_start, slower, gpu_hours,
+    return Forecast(cluster, pairs, to_score, model_s, cpu_s, wall, startup, actor_starts, actor_start, slower, gpu_hours,
                     cost, keep_busy, why is None, why)
 
 
-def regroup_advice(f: Forecast) -> str | None:
-    """Where restarting the scoring actors for each group of input files costs more than a quarter of the
-    wall time (a fast GPU, many groups), the --group-rows that brings it near a tenth, and its price."""
-    restarts = f.groups * f.group_start_s
-    if f.groups < 2 or restarts <= 0.25 * f.wall_s:
+def regroup_advice(f: dict) -> str | None:
+    """Where a --reuse run's restarts of the scoring actors, one per group of input files, cost more than a
+    quarter of the wall time (a fast GPU, many groups), the --group-rows that brings them near a tenth, and
+    its price. `f`: a Forecast's as_dict()."""
+    starts, each = f["actor_starts"], f["actor_start_s"]
+    if starts < 2 or starts * each <= 0.25 * f["wall_s"]:
         return None
-    fewer = max(1, int(0.1 * f.wall_s // f.group_start_s))
-    rows = math.ceil(f.pairs / fewer)
-    return (f"the job scores the input in {f.groups} groups of files, one after another, and each group starts its "
-            f"scoring actors anew (~{f.group_start_s:.0f} s: worker start, imports, model load): {restarts:,.0f} s "
-            f"in all against {f.wall_s:,.0f} s of scoring. --group-rows {rows} ({fewer} group"
-            f"{'s' if fewer > 1 else ''}) would cut that to ~{fewer * f.group_start_s:,.0f} s; the price: a resumed "
+    fewer = max(1, int(0.1 * f["wall_s"] // each))
+    rows = math.ceil(f["pairs"] / fewer)
+    return (f"with --reuse the job scores the input in {starts} groups of files, one after another, and each group "
+            f"starts its scoring actors anew (~{each:.0f} s: worker start, imports, model load): {starts * each:,.0f}"
+            f" s in all against {f['wall_s']:,.0f} s of scoring. --group-rows {rows} ({fewer} group"
+            f"{'s' if fewer > 1 else ''}) would cut that to ~{fewer * each:,.0f} s; the price: a resumed "
             f"run redoes up to {rows:,} rows (the groups in flight)")

@@ -69,9 +69,10 @@ def _forecast(title: str, f: dict, dtype: str) -> list[str]:
              _row("pairs scored", f"{f['pairs_to_score']:,} of {f['pairs']:,}"),
              _row("wall time", f"{duration(f['wall_s'])} (model {duration(f['model_s'])}, CPU stage "
                                f"{duration(f['cpu_s'])}: the {f['bottleneck']} decides)"),
-             _row("start-up", f"+{duration(f['startup_s'])} (Ray's start, then {f['groups']} group"
-                              f"{'s' if f['groups'] > 1 else ''} of files, each an actor start and model load of "
-                              f"~{duration(f['group_start_s'])}; not in the wall time)")]
+             _row("start-up", f"+{duration(f['startup_s'])} (Ray's start, then the scoring actors' start and "
+                              f"model load, ~{duration(f['actor_start_s'])}" + (
+                                  f", once for each of {f['actor_starts']} groups of files" if f["actor_starts"] > 1
+                                  else "") + "; not in the wall time)")]
     if f["gpu_hours"] is not None:
         cost = "" if f["cost"] is None else f", cost {f['cost']:,.2f}"
         lines += [_row("GPU-hours", f"{f['gpu_hours']:,.2f}{cost} (start-up included)"),

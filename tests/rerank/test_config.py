@@ -102,7 +102,7 @@ def test_the_s3_attempts_setting_travels_with_the_filesystem_the_workers_receive
 
 def test_group_rows_sets_the_smallest_resume_group_and_the_variable_is_the_fallback(monkeypatch):
     from ettin_batch.pipeline.inputs import InputPlan
-    from ettin_batch.pipeline.rerank import shard_groups
+    from ettin_batch.pipeline.groups import shard_groups
 
     plan = InputPlan(location=None, files=[f"f{i}" for i in range(6)], read_columns=[], passthrough=[], rename={},
                      num_rows=600, file_rows=[100] * 6, schema=None)

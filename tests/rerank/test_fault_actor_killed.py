@@ -169,13 +169,8 @@ def _scoring_processes() -> set[int]:
     return found
 
 
-def test_a_resume_groups_scoring_actor_starts_only_once_the_last_groups_has_exited(tmp_path, ray_session):
-    """Each resume group runs its own actor pool. Ray frees a finished pool's CPUs at once, but its process
-    exits seconds later: the next group's actor must not load a model beside it (that overlap was the
-    2M-pair job's memory peak, RESULTS.md, Scale)."""
-    write_local(make_shards(files=3, pairs_per_file=200, seed=7), tmp_path / "in")
-    config = RerankConfig.of(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=TINY, batch_size=50,
-                             progress=False, group_rows=200)  # one file per group: three groups
+def _scoring_processes_during(run) -> list[set[int]]:
+    """The scoring actor processes alive at each moment while `run()` runs (every 20 ms), other tests' aside."""
     earlier = _scoring_processes()  # other tests' actors, still exiting
     seen, stop = [], threading.Event()
 
@@ -187,11 +182,29 @@ def test_a_resume_groups_scoring_actor_starts_only_once_the_last_groups_has_exit
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        result = rerank(config)
+        run()
     finally:
         stop.set()
         watcher.join()
-    assert result.manifest["resume"]["groups"] == 3
+    return seen
+
+
+def test_the_resume_groups_share_one_scoring_actor_and_a_reuse_runs_groups_never_overlap_theirs(tmp_path, ray_session):
+    """The groups of a run stream through one actor pool: one model load for the run, not one a group. A --reuse
+    run scores each group in a pool of its own; Ray frees a finished pool's CPUs at once, but its process exits
+    seconds later, and the next group's actor must not load a model beside it (that overlap was the 2M-pair
+    job's memory peak, RESULTS.md, Scale)."""
+    write_local(make_shards(files=3, pairs_per_file=200, seed=7), tmp_path / "in")
+    config = RerankConfig.of(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=TINY, batch_size=50,
+                             progress=False, group_rows=200)  # one file per group: three groups
+    results = []
+    seen = _scoring_processes_during(lambda: results.append(rerank(config)))
+    assert results[0].manifest["resume"]["groups"] == 3
+    assert len(set().union(*seen)) == 1  # one actor process for the three groups
+
+    again = config.replace(output=str(tmp_path / "again"), reuse=str(tmp_path / "out"))
+    seen = _scoring_processes_during(lambda: results.append(rerank(again)))
+    assert results[1].manifest["resume"]["groups"] == 3 and results[1].manifest["reuse"]["pairs_reused"] == 600
     assert len(set().union(*seen)) == 3  # one actor process per group, each seen
     assert max(len(running) for running in seen) == 1, [sorted(r) for r in seen if len(r) > 1][:3]
 

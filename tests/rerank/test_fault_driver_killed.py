@@ -21,6 +21,18 @@ from helpers import TINY
 from .faults import accounting, make_shards, record, write_local
 
 GROUP_ROWS = 200  # one input file per group: four groups in the kill test
+# The first attempt's driver: blocks of 16 KiB (these small files would be one block of the 16 MiB a real run
+# reads, so every group would finish at once) and a slow model, 0.3 s a batch of 50 (about 1.2 s a group).
+SLOW_DRIVER = """
+import sys
+from ettin_batch.cli import main
+from ettin_batch.engine.faults import FaultHooks
+from ettin_batch.pipeline import run
+from faults import injected
+run.BLOCK_BYTES = 16 * 1024
+with injected(FaultHooks(slow_forward_seconds=0.3)):
+    sys.exit(main(sys.argv[1:]))
+"""
 
 
 def _by_pair(table: pa.Table) -> dict:
@@ -38,9 +50,11 @@ def test_a_killed_driver_resumes_where_it_stopped_and_ends_equal_to_an_uninterru
     out = tmp_path / "out"
     argv = ["rerank", "--input", str(tmp_path / "in"), "--output", str(out), "--model", TINY,
             "--batch-size", "50", "--no-progress", "--group-rows", str(GROUP_ROWS)]
-    # The first attempt is its own driver process on the same Ray cluster, so it can be killed.
-    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
-    driver = subprocess.Popen([sys.executable, "-m", "ettin_batch.cli", *argv], env=env,
+    # The first attempt is its own driver process (SLOW_DRIVER) on the same Ray cluster, so it can be killed
+    # between the second group's marker and the third's.
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address,
+               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), *sys.path]))
+    driver = subprocess.Popen([sys.executable, "-c", SLOW_DRIVER, *argv], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 400
     while driver.poll() is None and time.monotonic() < deadline:

@@ -21,6 +21,7 @@ from .flaky_s3 import FlakyS3Proxy, StoppingS3Proxy
 
 SCORES_WRITE = ("PUT", r"/scores/")
 INPUT_READ = ("GET", r"/in/")
+SCORES_READ = ("GET", r"/scores/")
 
 
 @pytest.fixture
@@ -67,22 +68,25 @@ def test_a_store_down_past_the_retry_limit_fails_clearly_without_success(store, 
 
 def test_an_endpoint_that_goes_down_mid_write_and_mid_read_and_comes_back_costs_nothing(
         store, s3, monkeypatch, ray_session):
-    # Two groups of two files: the store goes down at group 0's first scores/ write, and again at the
-    # next read of an input after it is back (group 1's), 5 s each.
-    with StoppingS3Proxy(store["upstream"], [(SCORES_WRITE, 5), (INPUT_READ, 5)]) as proxy:
+    # Two groups of two files, scored in one stream: the store goes down at the first read of an input, again
+    # at the first scores/ write once it is back, and again at the first read of scores/ after that (the
+    # driver counting a group's rows before it marks the group done, or top-k), 5 s each.
+    outages = [(INPUT_READ, 5), (SCORES_WRITE, 5), (SCORES_READ, 5)]
+    with StoppingS3Proxy(store["upstream"], outages) as proxy:
         result = _run(store, proxy, monkeypatch, "run-down-up", group_rows=300)
-    assert len(proxy.down_seconds) == 2 and min(proxy.down_seconds) >= 5
+    assert len(proxy.down_seconds) == 3 and min(proxy.down_seconds) >= 5
     triggers = {n: (method, path) for method, path, n in reversed(proxy.cut)}  # the first request cut by each
-    assert triggers[1][0] == "PUT" and "/scores/" in triggers[1][1]
-    assert triggers[2][0] == "GET" and "/in/" in triggers[2][1]
-    # Both came back once the store did: the write and the read were retried, not lost.
-    assert proxy.served[triggers[1]] >= 1 and proxy.served[triggers[2]] >= 1
+    assert triggers[1][0] == "GET" and "/in/" in triggers[1][1]
+    assert triggers[2][0] == "PUT" and "/scores/" in triggers[2][1]
+    assert triggers[3][0] == "GET" and "/scores/" in triggers[3][1]
+    # Each came back once the store did: the reads and the write were retried, not lost.
+    assert all(proxy.served[trigger] >= 1 for trigger in triggers.values())
     assert s3.exists(f"{store['bucket']}/run-down-up/_SUCCESS.json")
     scores = read_parquet_folder(s3, f"{store['bucket']}/run-down-up/scores")
     figures = accounting(store["inputs"], scores)
     record("test_an_endpoint_that_goes_down_mid_write_and_mid_read_and_comes_back_costs_nothing",
-           {"fault": "S3 endpoint down 5 s from the first scores/ write, then 5 s from the next input read "
-                     "(connections cut, port closed: refused)", **figures,
+           {"fault": "S3 endpoint down 5 s from the first input read, then from the next scores/ write, then "
+                     "from the next scores/ read (connections cut, port closed: refused)", **figures,
             "requests_cut": len(proxy.cut), "cut": sorted({f"{m} {p}" for m, p, _ in proxy.cut}),
             "down_seconds": proxy.down_seconds, "wall_time_s": result.manifest["wall_time_s"],
             "model_pairs": result.manifest["model_pairs"]})

@@ -1,0 +1,179 @@
+"""Resume groups: the rerank job's inputs cut into groups of whole files, each finished on its own.
+
+A group's rows go to scores/<group>/ and rejects/<group>/, and _done/<group>.json is written once
+they are all there. A rerun with the same fingerprint skips the finished groups and redoes the others,
+so it repeats at most the groups that were in flight.
+
+The groups still to score run as one Ray Data execution, so the scoring actors start once a run, not
+once a group (a start, the model loaded in a new process, costs ~10 s: RESULTS.md, "The fixed cost of a
+resume group"). Three things keep the groups apart in the one stream:
+
+    tag_groups     each row gets its group's index (GROUP_COL), from the file Ray Data read it from
+    preserve_order Ray Data hands the blocks back in input order, so the groups come one after another
+    write_groups   the driver writes each block to scores/<group>/ (a Ray task per block), and marks a
+                   group done once a later group's block is written and its files add up: rows scored
+                   plus rows rejected equal the group's input rows. A group that does not add up is
+                   never marked (the run fails instead, and its resume redoes the group).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ettin_batch import storage
+from ettin_batch.errors import RunFailed
+from ettin_batch.run_folder import REJECTS
+
+log = logging.getLogger("ettin_batch.pipeline")
+
+GROUP_ROWS_ENV = "ETTIN_BATCH_GROUP_ROWS"
+DEFAULT_GROUP_ROWS = 1_000_000  # a resume redoes at most one group's rows
+MAX_GROUPS = 16  # a bigger input gets bigger groups: a resume redoes at most ~1/16 of the work
+GROUP_COL = "_ettin_group"  # int32: the row's group, an index into the run's groups; only between stages
+PATH_COL = "path"  # the column Ray Data's read_parquet(include_paths=True) adds
+
+
+@dataclass
+class Group:
+    key: str
+    files: list[str]
+    rows: int
+
+
+def group_rows(configured: int | None = None) -> int:
+    """The smallest group, in rows: `configured` (config.group_rows) if given, else $ETTIN_BATCH_GROUP_ROWS, else 1M."""
+    return storage.setting(configured, GROUP_ROWS_ENV, DEFAULT_GROUP_ROWS, "rows")
+
+
+def shard_groups(plan, floor: int | None = None) -> list[Group]:
+    """Consecutive whole files of an InputPlan, about max(group_rows(floor), rows / 16) rows each."""
+    target = max(1, group_rows(floor), math.ceil(plan.num_rows / MAX_GROUPS))
+    groups: list[Group] = []
+    files: list[str] = []
+    rows = 0
+    for path, n in zip(plan.files, plan.file_rows):
+        files.append(path)
+        rows += n
+        if rows >= target:
+            groups.append(Group("", files, rows))
+            files, rows = [], 0
+    if files or not groups:
+        groups.append(Group("", files, rows))
+    for i, g in enumerate(groups):
+        g.key = f"g{i:04d}-" + hashlib.sha1("\n".join(g.files).encode()).hexdigest()[:12]
+    return groups
+
+
+@dataclass(frozen=True)
+class TagGroups:
+    """Ray map step: replace Ray Data's `path` column by GROUP_COL, the index of the group of the row's file."""
+
+    files: tuple[str, ...]
+    group_of_file: tuple[int, ...]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        paths = batch.column(PATH_COL)
+        found = pc.index_in(paths, value_set=pa.array(self.files, paths.type))
+        if found.null_count:
+            stray = paths.filter(pc.is_null(found))[0].as_py()
+            raise RuntimeError(f"Ray Data read a row from {stray}, which is not one of the run's input files")
+        index = np.asarray(self.group_of_file, np.int32)[found.to_numpy(zero_copy_only=False)]
+        return batch.drop_columns([PATH_COL]).append_column(GROUP_COL, pa.array(index, pa.int32()))
+
+
+@contextlib.contextmanager
+def in_input_order():
+    """Ray Data keeps the input order in the datasets built (and run) inside: groups come one after another."""
+    from ray.data import DataContext
+
+    options = DataContext.get_current().execution_options
+    saved, options.preserve_order = options.preserve_order, True
+    try:
+        yield
+    finally:
+        options.preserve_order = saved
+
+
+def split_by_group(rows: pa.Table) -> list[tuple[int, pa.Table]]:
+    """(group index, its rows without GROUP_COL) for each group in `rows`, in order."""
+    index = rows.column(GROUP_COL).to_numpy(zero_copy_only=False)
+    rows = rows.drop_columns([GROUP_COL])
+    groups = np.unique(index)
+    if len(groups) == 1:
+        return [(int(groups[0]), rows)]
+    return [(int(g), rows.filter(pa.array(index == g))) for g in groups]
+
+
+def write_groups(ds, folder, entry: str, groups: list[Group], *, num_cpus: float, window: int, done) -> None:
+    """Run `ds` (GROUP_COL on every row, blocks in input order) into folder/entry/<group>/, calling `done(group)`
+    for each group whose files add up; raise RunFailed for one that does not."""
+    import ray
+
+    write = ray.remote(num_cpus=num_cpus)(_write_block)
+    fs, root, keys = folder.loc.pa_fs, folder.path(entry), [g.key for g in groups]
+    in_flight: deque = deque()
+    open_groups = deque(range(len(groups)))  # not yet marked, in input order
+    unsure: list[int] = []
+    last_seen = -1
+
+    def settle() -> None:
+        nonlocal last_seen
+        written = ray.get(in_flight.popleft())
+        last_seen = max([last_seen, *written])
+        while open_groups and open_groups[0] < last_seen:  # a later group's rows came: this one has no more
+            close(open_groups.popleft())
+
+    def close(i: int) -> None:
+        if adds_up(folder, entry, groups[i]):
+            done(groups[i])
+        else:  # would mean the stream was not in input order; checked again at the end
+            unsure.append(i)
+
+    sequence = 0
+    for bundle in ds.iter_internal_ref_bundles():
+        for block, part in zip(bundle.block_refs, bundle.slices):
+            span = None if part is None else (part.start_offset, part.end_offset)
+            in_flight.append(write.remote(block, span, fs, root, keys, sequence))
+            sequence += 1
+            while len(in_flight) > window:
+                settle()
+    while in_flight:
+        settle()
+    for i in [*unsure, *open_groups]:
+        if not adds_up(folder, entry, groups[i]):
+            raise RunFailed(f"resume group {groups[i].key} does not add up: {groups[i].rows} rows in, "
+                            f"{folder.count_rows(entry, groups[i].key)} written to {entry}/ and "
+                            f"{folder.count_rows(REJECTS, groups[i].key)} to {REJECTS}/; it is not marked done, "
+                            "and the same command scores it again")
+        done(groups[i])
+
+
+def adds_up(folder, entry: str, group: Group) -> bool:
+    """Whether a group's written rows and rejected rows are its input rows."""
+    return folder.count_rows(entry, group.key) + folder.count_rows(REJECTS, group.key) == group.rows
+
+
+def _write_block(block: pa.Table, span: tuple[int, int] | None, fs, root: str, keys: list[str],
+                 sequence: int) -> list[int]:
+    """Write one block (or its `span` of rows) to root/<group>/part-<sequence>.parquet, a file per group in it;
+    a retried task writes the same files again. Returns the groups written."""
+    if span is not None:
+        block = block.slice(span[0], span[1] - span[0])
+    if block.num_rows == 0:
+        return []
+    written = []
+    for i, rows in split_by_group(block):
+        fs.create_dir(f"{root}/{keys[i]}", recursive=True)
+        pq.write_table(rows, f"{root}/{keys[i]}/part-{sequence:08d}.parquet", filesystem=fs)
+        written.append(i)
+    return written
