@@ -2,11 +2,12 @@
 
     python benchmarks/bench_group_cost.py [--pairs 800] [--shards 4] [--model random:ettin-tiny] [--repeats 2]
 
-Each resume group is one Ray Data execution with its own scoring actors: a new process that imports
-torch and sentence-transformers and loads the model, after the last group's actors have exited
-(pipeline/run.py `Run.write`). That cost does not depend on the group's size, so a small model on a
-fast device pays it against little scoring time. The pairs are few and the model tiny, so the time
-is nearly all fixed cost: (wall of N groups - wall of 1 group) / (N - 1) is the cost of a group.
+Until the groups shared one stream (pipeline/groups.py), each group was a Ray Data execution of its own, with
+its own scoring actors: a new process that imports torch and sentence-transformers and loads the model,
+after the last group's actors have exited, ~10 s whatever the group's size (RESULTS.md). Now the groups of a
+run share one execution and its actors, so a group should cost next to nothing; a --reuse run still scores
+each group on its own. The pairs are few and the model tiny, so the time is nearly all fixed cost:
+(wall of N groups - wall of 1 group) / (N - 1) is the cost of a group.
 One local Ray for every run (`ray.init` once), runs alternating; the best of each counts. One JSON line.
 """
 
