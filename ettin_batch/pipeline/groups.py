@@ -8,7 +8,7 @@ The groups still to score run as one Ray Data execution, so the scoring actors s
 once a group (a start, the model loaded in a new process, costs ~10 s: RESULTS.md, "The fixed cost of a
 resume group"). Three things keep the groups apart in the one stream:
 
-    tag_groups     each row gets its group's index (GROUP_COL), from the file Ray Data read it from
+    TagGroups      each row gets its group's index (GROUP_COL), from the file Ray Data read it from
     preserve_order Ray Data hands the blocks back in input order, so the groups come one after another
     write_groups   the driver writes each block to scores/<group>/ (a Ray task per block), and marks a
                    group done once a later group's block is written and its files add up: rows scored
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -33,8 +32,6 @@ import pyarrow.parquet as pq
 from ettin_batch import storage
 from ettin_batch.errors import RunFailed
 from ettin_batch.run_folder import REJECTS
-
-log = logging.getLogger("ettin_batch.pipeline")
 
 GROUP_ROWS_ENV = "ETTIN_BATCH_GROUP_ROWS"
 DEFAULT_GROUP_ROWS = 1_000_000  # a resume redoes at most one group's rows
