@@ -145,7 +145,7 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
     _add_scoring_flags(p)
     p.add_argument("--batch-size", type=int, help="pairs per Ray batch in the run (default 4096 on GPUs, 1024 on CPUs)")
     p.add_argument("--cpus-per-actor", type=float, help="CPUs each scoring actor holds in the run (default 1)")
-    p.add_argument("--group-rows", type=int, help="the run's --group-rows (with --reuse, one model load per group)")
+    p.add_argument("--group-rows", type=int, help="the run's --group-rows (an input column named `path`: one model load per group)")
     p.add_argument("--reuse", metavar="PREVIOUS_OUTPUT",
                    help="a finished run's output folder: the share of pairs it already scored, and the incremental run")
     p.add_argument("--gpus", type=int, help="GPUs of the run (default 1); 0 forecasts CPU scoring on this machine's cores")

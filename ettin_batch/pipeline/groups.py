@@ -14,6 +14,11 @@ resume group"). Three things keep the groups apart in the one stream:
                    group done once a later group's block is written and its files add up: rows scored
                    plus rows rejected equal the group's input rows. A group that does not add up is
                    never marked (the run fails instead, and its resume redoes the group).
+
+A --reuse run joins the rows to the previous run's scores. The join holds all it joins, so it takes the groups
+a round at a time (join_rounds, rerank.REUSE_JOIN_ROWS), and it mixes a round's groups in every block: there
+write_groups takes the blocks unordered, a few hundred thousand rows a write task, and checks a group once its
+written rows reach its input rows (the same adds-up check marks it).
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ DEFAULT_GROUP_ROWS = 1_000_000  # a resume redoes at most one group's rows
 MAX_GROUPS = 16  # a bigger input gets bigger groups: a resume redoes at most ~1/16 of the work
 GROUP_COL = "_ettin_group"  # int32: the row's group, an index into the run's groups; only between stages
 PATH_COL = "path"  # the column Ray Data's read_parquet(include_paths=True) adds
+# Rows a write task takes when the groups come mixed (a --reuse run): with G groups in every block, a
+# block's file per group would hold 1/G of it (~256 rows of a 4,096-pair block in 16 groups).
+UNORDERED_WRITE_ROWS, UNORDERED_WRITE_BYTES = 262_144, 64 * 2**20
 
 
 @dataclass
@@ -88,6 +96,22 @@ class TagGroups:
         return batch.drop_columns([PATH_COL]).append_column(GROUP_COL, pa.array(index, pa.int32()))
 
 
+def in_group(batch: pa.Table, index: int) -> pa.Table:
+    """Ray map step for an execution of one group: GROUP_COL = `index` on every row (no need for each row's file)."""
+    return batch.append_column(GROUP_COL, pa.array(np.full(batch.num_rows, index, np.int32)))
+
+
+def join_rounds(groups: list[Group], rows: int) -> list[list[Group]]:
+    """Consecutive groups of at most `rows` rows in all (or one bigger group): the executions of a --reuse run."""
+    rounds: list[list[Group]] = []
+    for group in groups:
+        if rounds and sum(g.rows for g in rounds[-1]) + group.rows <= rows:
+            rounds[-1].append(group)
+        else:
+            rounds.append([group])
+    return rounds
+
+
 @contextlib.contextmanager
 def in_input_order():
     """Ray Data keeps the input order in the datasets built (and run) inside: groups come one after another."""
@@ -111,42 +135,47 @@ def split_by_group(rows: pa.Table) -> list[tuple[int, pa.Table]]:
     return [(int(g), rows.filter(pa.array(index == g))) for g in groups]
 
 
-def write_groups(ds, folder, entry: str, groups: list[Group], *, num_cpus: float, window: int, done) -> None:
-    """Run `ds` (GROUP_COL on every row, blocks in input order) into folder/entry/<group>/, calling `done(group)`
-    for each group whose files add up; raise RunFailed for one that does not."""
+def write_groups(ds, folder, entry: str, groups: list[Group], *, num_cpus: float, window: int, done,
+                 ordered: bool = True) -> None:
+    """Run `ds` (GROUP_COL on every row) into folder/entry/<group>/, calling `done(group)` for each group whose
+    files add up, and raising RunFailed for one that does not.
+
+    ordered:  the blocks come in input order (in_input_order): a group is checked once a later group's rows are
+              written, and each block is written as it comes. Otherwise (after --reuse's join, which mixes the
+              groups in every block) a group is checked once its written rows reach its input rows (one with
+              rejected rows, at the end), and blocks are written UNORDERED_WRITE_ROWS at a time, so a group's
+              files are not cut into pieces by the number of groups.
+    """
     import ray
 
-    write = ray.remote(num_cpus=num_cpus)(_write_block)
+    write = ray.remote(num_cpus=num_cpus)(_write_blocks)
     fs, root, keys = folder.loc.pa_fs, folder.path(entry), [g.key for g in groups]
     in_flight: deque = deque()
-    open_groups = deque(range(len(groups)))  # not yet marked, in input order
+    unchecked = list(range(len(groups)))  # in input order
     unsure: list[int] = []
+    written = [0] * len(groups)
     last_seen = -1
 
     def settle() -> None:
         nonlocal last_seen
-        written = ray.get(in_flight.popleft())
-        last_seen = max([last_seen, *written])
-        while open_groups and open_groups[0] < last_seen:  # a later group's rows came: this one has no more
-            close(open_groups.popleft())
+        for i, rows in ray.get(in_flight.popleft()).items():
+            written[i] += rows
+            last_seen = max(last_seen, i)
+        # Ordered: a later group's rows came, so this one has no more. Unordered: all its rows are written.
+        for i in [i for i in unchecked if (i < last_seen if ordered else written[i] == groups[i].rows)]:
+            unchecked.remove(i)
+            if adds_up(folder, entry, groups[i]):
+                done(groups[i])
+            else:  # rows still to come (rejects, or a stream out of order): checked again at the end
+                unsure.append(i)
 
-    def close(i: int) -> None:
-        if adds_up(folder, entry, groups[i]):
-            done(groups[i])
-        else:  # would mean the stream was not in input order; checked again at the end
-            unsure.append(i)
-
-    sequence = 0
-    for bundle in ds.iter_internal_ref_bundles():
-        for block, part in zip(bundle.block_refs, bundle.slices):
-            span = None if part is None else (part.start_offset, part.end_offset)
-            in_flight.append(write.remote(block, span, fs, root, keys, sequence))
-            sequence += 1
-            while len(in_flight) > window:
-                settle()
+    for sequence, unit in enumerate(_write_units(ds, ordered)):
+        in_flight.append(write.remote([span for _, span in unit], fs, root, keys, sequence, *[b for b, _ in unit]))
+        while len(in_flight) > window:
+            settle()
     while in_flight:
         settle()
-    for i in [*unsure, *open_groups]:
+    for i in [*unsure, *unchecked]:
         if not adds_up(folder, entry, groups[i]):
             raise RunFailed(f"resume group {groups[i].key} does not add up: {groups[i].rows} rows in, "
                             f"{folder.count_rows(entry, groups[i].key)} written to {entry}/ and "
@@ -155,22 +184,37 @@ def write_groups(ds, folder, entry: str, groups: list[Group], *, num_cpus: float
         done(groups[i])
 
 
+def _write_units(ds, ordered: bool):
+    """Run `ds` and yield its (block ref, span or None) a write task at a time: each bundle as it comes, or
+    (unordered) bundles of UNORDERED_WRITE_ROWS rows or UNORDERED_WRITE_BYTES bytes."""
+    unit, rows, size = [], 0, 0
+    for bundle in ds.iter_internal_ref_bundles():
+        unit += [(b, None if p is None else (p.start_offset, p.end_offset))
+                 for b, p in zip(bundle.block_refs, bundle.slices)]
+        rows, size = rows + (bundle.num_rows() or 0), size + bundle.size_bytes()
+        if ordered or rows >= UNORDERED_WRITE_ROWS or size >= UNORDERED_WRITE_BYTES:
+            yield unit
+            unit, rows, size = [], 0, 0
+    if unit:
+        yield unit
+
+
 def adds_up(folder, entry: str, group: Group) -> bool:
     """Whether a group's written rows and rejected rows are its input rows."""
     return folder.count_rows(entry, group.key) + folder.count_rows(REJECTS, group.key) == group.rows
 
 
-def _write_block(block: pa.Table, span: tuple[int, int] | None, fs, root: str, keys: list[str],
-                 sequence: int) -> list[int]:
-    """Write one block (or its `span` of rows) to root/<group>/part-<sequence>.parquet, a file per group in it;
-    a retried task writes the same files again. Returns the groups written."""
-    if span is not None:
-        block = block.slice(span[0], span[1] - span[0])
-    if block.num_rows == 0:
-        return []
-    written = []
-    for i, rows in split_by_group(block):
+def _write_blocks(spans: list[tuple[int, int] | None], fs, root: str, keys: list[str], sequence: int,
+                  *blocks: pa.Table) -> dict[int, int]:
+    """Write the blocks (each its `span` of rows, or whole) to root/<group>/part-<sequence>.parquet, a file per
+    group in them; a retried task writes the same files again. Returns the rows written for each group."""
+    parts = [b if s is None else b.slice(s[0], s[1] - s[0]) for b, s in zip(blocks, spans)]
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        return {}
+    written = {}
+    for i, rows in split_by_group(pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]):
         fs.create_dir(f"{root}/{keys[i]}", recursive=True)
         pq.write_table(rows, f"{root}/{keys[i]}/part-{sequence:08d}.parquet", filesystem=fs)
-        written.append(i)
+        written[i] = rows.num_rows
     return written

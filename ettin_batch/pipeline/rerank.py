@@ -7,8 +7,10 @@
         -> Tokenize       CPU tasks; null and untokenizable rows -> rejects/<group>/
         -> ScorePairs     the actor pool, one model per GPU; a pair the model raises on -> rejects/<group>/
         -> write_groups   scores/<group>/, in input order; -> _done/<group>.json once a group adds up
-    (--reuse: each group in a stream of its own, a join after canonical gives an unchanged pair the
-     previous run's score (reuse.py), write_parquet to scores/<group>/, then _done/<group>.json)
+    (--reuse: a join after canonical gives an unchanged pair the previous run's score (reuse.py); it holds its
+     whole input, so the groups go REUSE_JOIN_ROWS at a time, and it mixes them, so write_groups writes them
+     unordered and checks each group once its rows are written. An input column named `path` hides each row's
+     file: a stream per group.)
     write_topk: each scores/ file's k best per query, merged -> topk/   (topk.py)
     counts from the written files -> _SUCCESS.json (last)
 
@@ -18,6 +20,7 @@ once per pair and the dataset is never materialised.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
@@ -25,8 +28,8 @@ import pyarrow as pa
 
 from ettin_batch.config import RerankConfig
 from ettin_batch.pipeline import reuse
-from ettin_batch.pipeline.groups import (PATH_COL, Group, TagGroups, group_rows, in_input_order, shard_groups,
-                                         write_groups)
+from ettin_batch.pipeline.groups import (GROUP_COL, PATH_COL, Group, TagGroups, group_rows, in_group, in_input_order,
+                                         join_rounds, shard_groups, write_groups)
 from ettin_batch.pipeline.inputs import InputPlan
 from ettin_batch.pipeline.manifest import RunResult
 from ettin_batch.pipeline.run import Run
@@ -34,6 +37,11 @@ from ettin_batch.pipeline.topk import topk_schema, write_topk
 from ettin_batch.run_folder import REJECTS, SCORES, TOPK
 
 log = logging.getLogger("ettin_batch.pipeline")
+
+# --reuse's hash join takes in every pair of its execution, texts and all, before it hands any on: it is held in
+# the object store at once. So a --reuse run joins its groups this many input rows at a time (or one bigger group),
+# each such execution starting the scoring actors anew (~17 s on the 2-core VM, RESULTS.md).
+REUSE_JOIN_ROWS = 4_000_000
 
 def run_fingerprint(config: RerankConfig, plan: InputPlan, model) -> dict:
     """What must match for an unfinished output to be resumed rather than replaced."""
@@ -63,7 +71,8 @@ def rerank(config: RerankConfig) -> RunResult:
         if why_not:
             log.warning("--reuse %s: %s; every pair will be scored", previous.folder.url(), why_not)
         to_score = [g for g in groups if g.key not in done]
-        old_scores = reuse.previous_scores(previous, shared=len(to_score) > 1) if previous and not why_not else None
+        rounds = _executions(run, to_score, reuse=bool(previous and not why_not))
+        old_scores = reuse.previous_scores(previous, shared=len(rounds) > 1) if previous and not why_not else None
         for group in to_score:
             for entry in (SCORES, REJECTS):  # an unfinished group's partial files
                 run.folder.remove(entry, group.key)
@@ -73,17 +82,8 @@ def rerank(config: RerankConfig) -> RunResult:
                                              "rows": group.rows})
 
         header = reuse.fingerprint_header(**settings)
-        if old_scores is None and PATH_COL not in run.plan.schema.names:
-            _score_groups(run, to_score, header, mark_done)
-        else:  # --reuse joins each group on its own (reuse.py); an input column `path` would hide Ray Data's
-            if old_scores is None and len(to_score) > 1:
-                log.warning("the input has a column named %r, the name Ray Data gives each row's file: the %d groups "
-                            "of input files are scored one after another, each starting the scoring actors anew "
-                            "(rename the column to save that time)", PATH_COL, len(to_score))
-            for group in to_score:
-                if group.files:
-                    _score_group(run, group, header, old_scores)
-                mark_done(group)
+        for part in rounds:
+            _score_groups(run, part, header, mark_done, old_scores)
         run.phases.mark("scoring")
     with run.reporting():  # after Ray: its workers' memory is released before the driver reads scores/ back
         scored = run.folder.count_rows(SCORES)
@@ -104,33 +104,48 @@ def rerank(config: RerankConfig) -> RunResult:
                             **({"why_not": why_not} if why_not else {}), "pairs_reused": run.totals["reused"]})
 
 
-def _score_groups(run: Run, groups: list[Group], header: bytes, mark_done) -> None:
-    """Every group in one Ray Data execution, so the scoring actors start once (groups.py)."""
+def _executions(run: Run, groups: list[Group], *, reuse: bool) -> list[list[Group]]:
+    """The groups each Ray Data execution of the run scores. One execution for all of them, so the scoring actors
+    start once, except: --reuse's join takes in every pair of its execution before it hands any on, so it joins
+    REUSE_JOIN_ROWS at a time; and an input column named `path` hides each row's file, so a group at a time."""
+    if PATH_COL in run.plan.schema.names:
+        if len(groups) > 1:
+            log.warning("the input has a column named %r, the name Ray Data gives each row's file: the %d groups "
+                        "of input files are scored one after another, each starting the scoring actors anew "
+                        "(rename the column to save that time)", PATH_COL, len(groups))
+        return [[g] for g in groups]
+    return join_rounds(groups, REUSE_JOIN_ROWS) if reuse else [groups]
+
+
+def _score_groups(run: Run, groups: list[Group], header: bytes, mark_done, previous) -> None:
+    """One Ray Data execution for `groups` (groups.py). With --reuse (`previous`: the earlier run's scores), the join
+    mixes the groups in every block: write_groups takes them unordered."""
     files = [f for g in groups for f in g.files]
     if not files:
         for group in groups:
             mark_done(group)
         return
-    with in_input_order():
-        tag = TagGroups(tuple(files), tuple(i for i, g in enumerate(groups) for _ in g.files))
-        ds = run.canonical(run.map(run.read(files, include_paths=True), tag), header)
+    run.after_last_actors()  # the run's last execution's
+    with in_input_order() if previous is None else contextlib.nullcontext():
+        if len(groups) > 1:
+            tag = TagGroups(tuple(files), tuple(i for i, g in enumerate(groups) for _ in g.files))
+            ds = run.map(run.read(files, include_paths=True), tag)
+        else:
+            ds = run.map(run.read(files), in_group, index=0)
+        ds = run.canonical(ds, header)
+        schema = None
+        if previous is not None:
+            ds = reuse.attach_previous(ds, previous, partitions=_join_partitions(sum(g.rows for g in groups)))
+            schema = reuse.fingerprint_schema(run.plan).append(pa.field(GROUP_COL, pa.int32()))
         rejects = run.rejects(groups=tuple(g.key for g in groups))
-        ds = run.score(run.tokenize(ds, rejects), rejects)
+        ds = run.score(run.tokenize(ds, rejects, schema=schema), rejects)
         write_groups(ds, run.folder, SCORES, groups, num_cpus=run.resources.cpus_per_task,
-                     window=max(4, 2 * run.resources.actors), done=mark_done)
+                     window=max(4, 2 * run.resources.actors), done=mark_done, ordered=previous is None)
 
 
-def _score_group(run: Run, group: Group, header: bytes, previous) -> None:
-    """One group in an execution of its own (a --reuse run)."""
-    ds = run.canonical(run.read(group.files), header)
-    schema = None
-    if previous is not None:
-        ds = reuse.attach_previous(ds, previous, partitions=max(1, min(64, math.ceil(group.rows / 500_000))))
-        schema = reuse.fingerprint_schema(run.plan)
-    rejects = run.rejects(group.key)
-    ds = run.tokenize(ds, rejects, schema=schema)
-    ds = run.score(ds, rejects)
-    run.write(ds, SCORES, group.key)
+def _join_partitions(rows: int) -> int:
+    """The --reuse join's partitions: one per 500k pairs, 1 to 64."""
+    return max(1, min(64, math.ceil(rows / 500_000)))
 
 
 def _write_empty(run: Run) -> tuple[int, None]:

@@ -305,15 +305,20 @@ class Run:
             fn_constructor_kwargs=dict(scoring=self.scoring, device=res.device, threads=res.threads,
                                        stats=self.stats, rejects=rejects))
 
-    def write(self, ds, *parts: str, **options) -> None:
-        """Run the stages into `parts`, once the scoring actors of the last write have exited: the next
-        resume group's never load a model beside the last group's (score.wait_for_exit)."""
+    def after_last_actors(self) -> None:
+        """Wait for the scoring actors of the run's last Ray Data execution to exit (score.wait_for_exit): Ray
+        frees their CPUs and GPUs at once, but the processes exit seconds later, and the next execution's must
+        not load a model beside them."""
         import ray
 
         from ettin_batch.pipeline.score import wait_for_exit
 
         if left := wait_for_exit(ray.get(self.stats.take_actor_processes.remote())):
-            log.info("%d scoring actor(s) of the last group still running: going on beside them", len(left))
+            log.info("%d scoring actor(s) of the last execution still running: going on beside them", len(left))
+
+    def write(self, ds, *parts: str, **options) -> None:
+        """Run the stages into `parts`, once the last execution's scoring actors have exited."""
+        self.after_last_actors()
         ds.write_parquet(self.folder.path(*parts), filesystem=self.folder.loc.pa_fs,
                          ray_remote_args={"num_cpus": self.resources.cpus_per_task}, **options)
 

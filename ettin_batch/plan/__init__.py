@@ -65,7 +65,7 @@ def plan(config: PlanConfig, *, faults=None) -> PlanReport:
     faults: engine fault hooks (ettin_batch.engine.faults) for tests; None in real use.
     """
     from ettin_batch.engine.loading import check_model
-    from ettin_batch.pipeline.groups import shard_groups
+    from ettin_batch.pipeline.groups import PATH_COL, shard_groups
 
     config.validate()
     scoring = config.scoring
@@ -89,7 +89,9 @@ def plan(config: PlanConfig, *, faults=None) -> PlanReport:
     run, scores = measure_model(engine, pairs, batch, load_s, cluster.threads)
     rates = Rates(run.pairs_per_s, engine.device.type, stage.fingerprint_s / stage.pairs_in,
                   stage.tokenize_s / stage.pairs_in, load_s)
-    groups = len(shard_groups(inputs, config.group_rows))
+    # The groups of input files share one start of the scoring actors, unless a column named `path` hides each
+    # row's file from Ray Data (pipeline/rerank.py): then each group starts them anew.
+    starts = len(shard_groups(inputs, config.group_rows)) if PATH_COL in inputs.schema.names else 1
     settings = {"model_id": model.model_id, "revision": model.revision, "max_length": scoring.max_length,
                 "dtype": job_dtype}
     queries, estimated = count_queries(inputs, config.columns, sample)
@@ -98,8 +100,8 @@ def plan(config: PlanConfig, *, faults=None) -> PlanReport:
                "max_length": scoring.max_length, "job_dtype": job_dtype},
         input=_input_summary(inputs, sample, queries, estimated, pairs, config),
         measured={"machine": machine(), "cpu_stage": stage.as_dict(), "model": run.as_dict()},
-        forecast=forecast(inputs.num_rows, rates, cluster),
-        reuse=previous and _reuse(previous, settings, out, inputs.num_rows, rates, cluster, groups),
+        forecast=forecast(inputs.num_rows, rates, cluster, actor_starts=starts),
+        reuse=previous and _reuse(previous, settings, out, inputs.num_rows, rates, cluster, starts),
         fidelity=_fidelity(config, model.path, engine, scores, out, pairs, faults) if config.fidelity else [])
     report.warnings = _warnings(report)
     return report
@@ -135,7 +137,7 @@ def _input_summary(inputs, sample, queries: int, estimated: str | None, pairs, c
     }
 
 
-def _reuse(previous, settings: dict, out: pa.Table, rows: int, rates: Rates, cluster: Cluster, groups: int) -> dict:
+def _reuse(previous, settings: dict, out: pa.Table, rows: int, rates: Rates, cluster: Cluster, starts: int) -> dict:
     """The share of the sample's pairs the previous run already scored, and the run that scores the rest."""
     why = previous.why_unusable(settings)
     found = np.zeros(out.num_rows, bool) if why else scored_before(previous, out.column(FINGERPRINT_COL).combine_chunks())
@@ -143,7 +145,7 @@ def _reuse(previous, settings: dict, out: pa.Table, rows: int, rates: Rates, clu
     result = {"from": previous.folder.url(), "usable": why is None, "sample_pairs_scored_before": int(found.sum()),
               "share": round(share, 4),
               "incremental": forecast(rows, rates, cluster, pairs_to_score=round(rows * (1 - share)),
-                                      actor_starts=groups).as_dict()}
+                                      actor_starts=starts).as_dict()}
     return {**result, "why_not": why} if why else result
 
 
@@ -184,7 +186,7 @@ def _warnings(report: PlanReport) -> list[str]:
     if stage["rejected"]:
         found.append(f"{stage['rejected']:,} of the {stage['pairs']:,} sampled pairs cannot be scored (null ids or "
                      "texts, or text the tokenizer refuses): the run would reject such rows to rejects/")
-    if report.reuse and (advice := regroup_advice(report.reuse["incremental"])):
+    if advice := regroup_advice(report.reuse["incremental"] if report.reuse else report.forecast.as_dict()):
         found.append(advice)
     for check in report.fidelity:
         if check.reference_std <= 10 * fid.FP32_TOL:

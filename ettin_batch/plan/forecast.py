@@ -16,8 +16,9 @@ Plain arithmetic on measured rates, so it can be checked by hand (and is tested 
               CPU tasks run beside the model on the cores left; whichever takes more of the cores'
               time decides
   start-up, reported apart: Ray's start, then the scoring actors' start and model load: once a run,
-  or with --reuse once for each group of input files (groups.shard_groups), which it scores in turn;
-  where those restarts cost over a quarter of the wall time, `regroup_advice` names a --group-rows
+  or, where the input has a column named `path` (which hides each row's file from Ray Data), once for
+  each group of input files (groups.shard_groups), which it scores in turn; where those restarts cost
+  over a quarter of the wall time, `regroup_advice` says to rename the column, or names a --group-rows
   that brings them near a tenth
   GPU-hours = G x (wall + start-up) / 3600: the GPUs are booked from the start
 
@@ -84,7 +85,7 @@ class Forecast:
     cpu_s: float  # wall seconds the CPU stage needs on the CPUs it gets
     wall_s: float  # the run without start-up
     startup_s: float  # Ray's fixed start-up and the scoring actors' starts, reported apart
-    actor_starts: int  # times the scoring actors start: once, or with --reuse once a group of input files
+    actor_starts: int  # times the scoring actors start: once, or once a group of input files (a `path` column)
     actor_start_s: float  # each start: worker, imports, model load (in startup_s)
     bottleneck: str  # "model" or "tokenization"
     gpu_hours: float | None
@@ -105,8 +106,8 @@ class Forecast:
 def forecast(pairs: int, rates: Rates, cluster: Cluster, *, pairs_to_score: int | None = None,
              actor_starts: int = 1) -> Forecast:
     """The run over `pairs` input pairs, of which `pairs_to_score` (default all) need the tokenizer and
-    the model; `actor_starts`: times the scoring actors start and load the model (a --reuse run: once a
-    group of input files)."""
+    the model; `actor_starts`: times the scoring actors start and load the model (an input with a column
+    named `path`: once a group of input files)."""
     to_score = pairs if pairs_to_score is None else pairs_to_score
     cpu_core_s = pairs * rates.fingerprint_s_per_pair + to_score * rates.tokenize_s_per_pair
     actor_start = ACTOR_START_S + rates.model_load_s
@@ -135,16 +136,17 @@ def forecast(pairs: int, rates: Rates, cluster: Cluster, *, pairs_to_score: int 
 
 
 def regroup_advice(f: dict) -> str | None:
-    """Where a --reuse run's restarts of the scoring actors, one per group of input files, cost more than a
-    quarter of the wall time (a fast GPU, many groups), the --group-rows that brings them near a tenth, and
-    its price. `f`: a Forecast's as_dict()."""
+    """Where the restarts of the scoring actors, one per group of input files (an input with a column named
+    `path`), cost more than a quarter of the wall time (a fast GPU, many groups): rename the column, or the
+    --group-rows that brings them near a tenth, and its price. `f`: a Forecast's as_dict()."""
     starts, each = f["actor_starts"], f["actor_start_s"]
     if starts < 2 or starts * each <= 0.25 * f["wall_s"]:
         return None
     fewer = max(1, int(0.1 * f["wall_s"] // each))
     rows = math.ceil(f["pairs"] / fewer)
-    return (f"with --reuse the job scores the input in {starts} groups of files, one after another, and each group "
-            f"starts its scoring actors anew (~{each:.0f} s: worker start, imports, model load): {starts * each:,.0f}"
-            f" s in all against {f['wall_s']:,.0f} s of scoring. --group-rows {rows} ({fewer} group"
-            f"{'s' if fewer > 1 else ''}) would cut that to ~{fewer * each:,.0f} s; the price: a resumed "
+    return (f"the input has a column named `path`, the name Ray Data gives each row's file, so the job scores it in "
+            f"{starts} groups of files one after another, each starting its scoring actors anew (~{each:.0f} s: "
+            f"worker start, imports, model load): {starts * each:,.0f} s in all against {f['wall_s']:,.0f} s of "
+            f"scoring. Renaming the column makes that one start; else --group-rows {rows} ({fewer} group"
+            f"{'s' if fewer > 1 else ''}) would cut it to ~{fewer * each:,.0f} s; the price: a resumed "
             f"run redoes up to {rows:,} rows (the groups in flight)")

@@ -189,12 +189,13 @@ def _scoring_processes_during(run) -> list[set[int]]:
     return seen
 
 
-def test_the_resume_groups_share_one_scoring_actor_and_a_reuse_runs_groups_never_overlap_theirs(tmp_path, ray_session):
-    """The groups of a run stream through one actor pool: one model load for the run, not one a group. A --reuse
-    run scores each group in a pool of its own; Ray frees a finished pool's CPUs at once, but its process exits
-    seconds later, and the next group's actor must not load a model beside it (that overlap was the 2M-pair
-    job's memory peak, RESULTS.md, Scale)."""
-    write_local(make_shards(files=3, pairs_per_file=200, seed=7), tmp_path / "in")
+def test_the_resume_groups_share_one_scoring_actor_and_groups_run_apart_never_overlap_theirs(tmp_path, ray_session):
+    """The groups of a run, --reuse or not, stream through one actor pool: one model load for the run, not one a
+    group. An input with a column named `path` hides each row's file, so there each group runs in a pool of its
+    own; Ray frees a finished pool's CPUs at once, but its process exits seconds later, and the next group's
+    actor must not load a model beside it (that overlap was the 2M-pair job's memory peak, RESULTS.md, Scale)."""
+    shards = make_shards(files=3, pairs_per_file=200, seed=7)
+    write_local(shards, tmp_path / "in")
     config = RerankConfig.of(input=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=TINY, batch_size=50,
                              progress=False, group_rows=200)  # one file per group: three groups
     results = []
@@ -205,6 +206,15 @@ def test_the_resume_groups_share_one_scoring_actor_and_a_reuse_runs_groups_never
     again = config.replace(output=str(tmp_path / "again"), reuse=str(tmp_path / "out"))
     seen = _scoring_processes_during(lambda: results.append(rerank(again)))
     assert results[1].manifest["resume"]["groups"] == 3 and results[1].manifest["reuse"]["pairs_reused"] == 600
+    assert len(set().union(*seen)) == 1
+
+    write_local([t.append_column("path", pa.array([f"/docs/{n}" for n in range(t.num_rows)])) for t in shards],
+                tmp_path / "with-path")
+    apart = config.replace(input=[str(tmp_path / "with-path")], output=str(tmp_path / "apart"))
+    seen = _scoring_processes_during(lambda: results.append(rerank(apart)))
+    assert results[2].manifest["resume"]["groups"] == 3 and len(list((tmp_path / "apart" / "_done").glob("*"))) == 3
+    assert sorted(pq.read_table(tmp_path / "apart" / "scores")["path"].to_pylist()) == \
+        sorted(f"/docs/{n}" for t in shards for n in range(t.num_rows))  # the input's own `path` values
     assert len(set().union(*seen)) == 3  # one actor process per group, each seen
     assert max(len(running) for running in seen) == 1, [sorted(r) for r in seen if len(r) > 1][:3]
 

@@ -32,25 +32,26 @@ def test_a_gpu_run_short_of_cpus_is_decided_by_tokenization():
 def test_start_up_is_apart_from_the_wall_time_and_counts_each_start_of_the_actors():
     once = forecast(1_000_000, GPU, Cluster(gpus=1, cpus_per_gpu=32))  # every group in one stream: one start
     assert once.startup_s == pytest.approx(RAY_START_S + ACTOR_START_S + 2.0) and once.actor_starts == 1
-    f = forecast(1_000_000, GPU, Cluster(gpus=1, cpus_per_gpu=32), actor_starts=3)  # --reuse: a start a group
+    f = forecast(1_000_000, GPU, Cluster(gpus=1, cpus_per_gpu=32), actor_starts=3)  # a `path` column: a start a group
     assert f.startup_s == pytest.approx(RAY_START_S + 3 * (ACTOR_START_S + 2.0))
     assert f.wall_s == pytest.approx(1e6 / 40_000)
 
 
-def test_when_a_reuse_runs_restarts_cost_a_quarter_of_the_run_the_advice_names_fewer_groups():
-    # 16M pairs on 8 GPUs at 40,000 pairs/s: 50 s of scoring; with --reuse 16 groups of 1M (the job's default
-    # floor), each an actor start and a model load of 10 s in all: 160 s of restarts.
+def test_when_restarts_a_group_cost_a_quarter_of_the_run_the_advice_names_the_column_and_fewer_groups():
+    # 16M pairs on 8 GPUs at 40,000 pairs/s: 50 s of scoring; an input with a `path` column scored in 16 groups of
+    # 1M (the job's default floor), each an actor start and a model load of 10 s in all: 160 s of restarts.
     gpu = dataclasses.replace(GPU, model_load_s=10.0 - ACTOR_START_S)
     f = forecast(16_000_000, gpu, Cluster(gpus=8, cpus_per_gpu=64), actor_starts=16).as_dict()
     assert f["wall_s"] == pytest.approx(50) and f["actor_start_s"] == pytest.approx(10)
     advice = regroup_advice(f)
     # A tenth of the wall time buys floor(5 s / 10 s) = 0 restarts, so one group of every row.
-    assert "--reuse the job scores the input in 16 groups of files" in advice
+    assert "column named `path`" in advice and "scores it in 16 groups of files one after another" in advice
+    assert "Renaming the column makes that one start" in advice
     assert "160 s in all against 50 s of scoring" in advice
-    assert "--group-rows 16000000 (1 group) would cut that to ~10 s" in advice
+    assert "--group-rows 16000000 (1 group) would cut it to ~10 s" in advice
     assert "a resumed run redoes up to 16,000,000 rows" in advice
     slower = forecast(16_000_000, gpu, Cluster(gpus=1, cpus_per_gpu=64), actor_starts=16)  # 400 s of scoring
-    assert "--group-rows 4000000 (4 groups) would cut that to ~40 s" in regroup_advice(slower.as_dict())
+    assert "--group-rows 4000000 (4 groups) would cut it to ~40 s" in regroup_advice(slower.as_dict())
 
 
 def test_no_regroup_advice_for_one_start_or_restarts_under_a_quarter_of_the_run():

@@ -14,6 +14,7 @@ import pytest
 from ettin_batch.config import RerankConfig
 from ettin_batch import rerank
 from ettin_batch.errors import InputError
+from ettin_batch.pipeline import rerank as rerank_module
 from ettin_batch.pipeline.reuse import FINGERPRINT_COL, open_previous
 from ettin_batch.run_folder import RunFolder
 
@@ -68,8 +69,12 @@ def nights(tmp_path_factory, ray_session):
     base = dict(model=TINY, dtype="float32", top_k=3, batch_size=64, progress=False)
     first = rerank(RerankConfig.of(input=[str(root / "in1")], output=str(root / "night1"), **base))
     full = rerank(RerankConfig.of(input=[str(root / "in2")], output=str(root / "full"), **base))
-    incremental = rerank(RerankConfig.of(input=[str(root / "in2")], output=str(root / "incremental"),
-                                      reuse=str(root / "night1"), **base))
+    # A resume group per file, joined in two rounds: files 1 and 2 together (the join mixes their rows, and each
+    # group must still be whole and marked), then file 3 on its own.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rerank_module, "REUSE_JOIN_ROWS", 250)
+        incremental = rerank(RerankConfig.of(input=[str(root / "in2")], output=str(root / "incremental"),
+                                          reuse=str(root / "night1"), group_rows=110, **base))
     return {"root": root, "night2": pa.concat_tables(night2), "changes": changes, "first": first, "full": full,
             "incremental": incremental, "base": base}
 
@@ -79,6 +84,7 @@ def test_only_new_and_changed_pairs_are_scored(nights):
     changed = nights["changes"]["edited"] + nights["changes"]["new"]
     scored = nights["night2"].num_rows - 1  # the null document is rejected
     assert m["reuse"]["usable"] is True
+    assert m["resume"]["groups"] == 3 and len(list((nights["root"] / "incremental" / "_done").glob("*.json"))) == 3
     assert m["model_pairs"] == changed
     assert m["reuse"]["pairs_reused"] == scored - changed
     assert nights["full"].manifest["model_pairs"] == scored
