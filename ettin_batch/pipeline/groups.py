@@ -16,7 +16,7 @@ resume group"). Three things keep the groups apart in the one stream:
                    never marked (the run fails instead, and its resume redoes the group).
 
 A --reuse run joins the rows to the previous run's scores. The join holds all it joins, so it takes the groups
-a round at a time (join_rounds, rerank.REUSE_JOIN_ROWS), and it mixes a round's groups in every block: there
+a round at a time (join_rounds, REUSE_JOIN_ROWS), and it mixes a round's groups in every block: there
 write_groups takes the blocks unordered, a few hundred thousand rows a write task, and checks a group once its
 written rows reach its input rows (the same adds-up check marks it).
 """
@@ -46,6 +46,10 @@ PATH_COL = "path"  # the column Ray Data's read_parquet(include_paths=True) adds
 # Rows a write task takes when the groups come mixed (a --reuse run): with G groups in every block, a
 # block's file per group would hold 1/G of it (~256 rows of a 4,096-pair block in 16 groups).
 UNORDERED_WRITE_ROWS, UNORDERED_WRITE_BYTES = 262_144, 64 * 2**20
+# --reuse's hash join takes in every pair of its execution, texts and all, before it hands any on: it is held in
+# the object store at once. So a --reuse run joins its groups this many input rows at a time (or one bigger group),
+# each such round an execution that starts the scoring actors anew (~15-17 s on the 2-core VM, RESULTS.md).
+REUSE_JOIN_ROWS = 4_000_000
 
 
 @dataclass
@@ -101,8 +105,10 @@ def in_group(batch: pa.Table, index: int) -> pa.Table:
     return batch.append_column(GROUP_COL, pa.array(np.full(batch.num_rows, index, np.int32)))
 
 
-def join_rounds(groups: list[Group], rows: int) -> list[list[Group]]:
-    """Consecutive groups of at most `rows` rows in all (or one bigger group): the executions of a --reuse run."""
+def join_rounds(groups: list[Group], rows: int | None = None) -> list[list[Group]]:
+    """Consecutive groups of at most `rows` (REUSE_JOIN_ROWS) rows in all, or one bigger group: the executions
+    of a --reuse run."""
+    rows = REUSE_JOIN_ROWS if rows is None else rows
     rounds: list[list[Group]] = []
     for group in groups:
         if rounds and sum(g.rows for g in rounds[-1]) + group.rows <= rows:

@@ -8,7 +8,7 @@
         -> ScorePairs     the actor pool, one model per GPU; a pair the model raises on -> rejects/<group>/
         -> write_groups   scores/<group>/, in input order; -> _done/<group>.json once a group adds up
     (--reuse: a join after canonical gives an unchanged pair the previous run's score (reuse.py); it holds its
-     whole input, so the groups go REUSE_JOIN_ROWS at a time, and it mixes them, so write_groups writes them
+     whole input, so the groups go in rounds (groups.join_rounds), and it mixes them, so write_groups writes them
      unordered and checks each group once its rows are written. An input column named `path` hides each row's
      file: a stream per group.)
     write_topk: each scores/ file's k best per query, merged -> topk/   (topk.py)
@@ -37,11 +37,6 @@ from ettin_batch.pipeline.topk import topk_schema, write_topk
 from ettin_batch.run_folder import REJECTS, SCORES, TOPK
 
 log = logging.getLogger("ettin_batch.pipeline")
-
-# --reuse's hash join takes in every pair of its execution, texts and all, before it hands any on: it is held in
-# the object store at once. So a --reuse run joins its groups this many input rows at a time (or one bigger group),
-# each such execution starting the scoring actors anew (~17 s on the 2-core VM, RESULTS.md).
-REUSE_JOIN_ROWS = 4_000_000
 
 def run_fingerprint(config: RerankConfig, plan: InputPlan, model) -> dict:
     """What must match for an unfinished output to be resumed rather than replaced."""
@@ -107,14 +102,14 @@ def rerank(config: RerankConfig) -> RunResult:
 def _executions(run: Run, groups: list[Group], *, reuse: bool) -> list[list[Group]]:
     """The groups each Ray Data execution of the run scores. One execution for all of them, so the scoring actors
     start once, except: --reuse's join takes in every pair of its execution before it hands any on, so it joins
-    REUSE_JOIN_ROWS at a time; and an input column named `path` hides each row's file, so a group at a time."""
+    groups.REUSE_JOIN_ROWS at a time; and an input column named `path` hides each row's file, so a group at a time."""
     if PATH_COL in run.plan.schema.names:
         if len(groups) > 1:
             log.warning("the input has a column named %r, the name Ray Data gives each row's file: the %d groups "
                         "of input files are scored one after another, each starting the scoring actors anew "
                         "(rename the column to save that time)", PATH_COL, len(groups))
         return [[g] for g in groups]
-    return join_rounds(groups, REUSE_JOIN_ROWS) if reuse else [groups]
+    return join_rounds(groups) if reuse else [groups]
 
 
 def _score_groups(run: Run, groups: list[Group], header: bytes, mark_done, previous) -> None:

@@ -65,7 +65,7 @@ def plan(config: PlanConfig, *, faults=None) -> PlanReport:
     faults: engine fault hooks (ettin_batch.engine.faults) for tests; None in real use.
     """
     from ettin_batch.engine.loading import check_model
-    from ettin_batch.pipeline.groups import PATH_COL, shard_groups
+    from ettin_batch.pipeline.groups import PATH_COL, join_rounds, shard_groups
 
     config.validate()
     scoring = config.scoring
@@ -89,9 +89,10 @@ def plan(config: PlanConfig, *, faults=None) -> PlanReport:
     run, scores = measure_model(engine, pairs, batch, load_s, cluster.threads)
     rates = Rates(run.pairs_per_s, engine.device.type, stage.fingerprint_s / stage.pairs_in,
                   stage.tokenize_s / stage.pairs_in, load_s)
-    # The groups of input files share one start of the scoring actors, unless a column named `path` hides each
-    # row's file from Ray Data (pipeline/rerank.py): then each group starts them anew.
-    starts = len(shard_groups(inputs, config.group_rows)) if PATH_COL in inputs.schema.names else 1
+    # The groups of input files share one start of the scoring actors (pipeline/rerank.py), except: a column named
+    # `path` hides each row's file from Ray Data, so each group starts them anew; --reuse joins them in rounds.
+    groups, by_file = shard_groups(inputs, config.group_rows), PATH_COL not in inputs.schema.names
+    starts = 1 if by_file else len(groups)
     settings = {"model_id": model.model_id, "revision": model.revision, "max_length": scoring.max_length,
                 "dtype": job_dtype}
     queries, estimated = count_queries(inputs, config.columns, sample)
@@ -101,9 +102,10 @@ def plan(config: PlanConfig, *, faults=None) -> PlanReport:
         input=_input_summary(inputs, sample, queries, estimated, pairs, config),
         measured={"machine": machine(), "cpu_stage": stage.as_dict(), "model": run.as_dict()},
         forecast=forecast(inputs.num_rows, rates, cluster, actor_starts=starts),
-        reuse=previous and _reuse(previous, settings, out, inputs.num_rows, rates, cluster, starts),
+        reuse=previous and _reuse(previous, settings, out, inputs.num_rows, rates, cluster,
+                                  len(join_rounds(groups)) if by_file else starts),
         fidelity=_fidelity(config, model.path, engine, scores, out, pairs, faults) if config.fidelity else [])
-    report.warnings = _warnings(report)
+    report.warnings = _warnings(report, by_file)
     return report
 
 
@@ -168,7 +170,7 @@ def _fidelity(config: PlanConfig, path: str, engine, scores: np.ndarray, out: pa
     return checks
 
 
-def _warnings(report: PlanReport) -> list[str]:
+def _warnings(report: PlanReport, by_file: bool) -> list[str]:
     found = []
     if report.model["is_random"]:
         found.append(f"{report.model['model_id']} has RANDOM weights: its speed is real, its scores mean nothing")
@@ -186,7 +188,8 @@ def _warnings(report: PlanReport) -> list[str]:
     if stage["rejected"]:
         found.append(f"{stage['rejected']:,} of the {stage['pairs']:,} sampled pairs cannot be scored (null ids or "
                      "texts, or text the tokenizer refuses): the run would reject such rows to rejects/")
-    if advice := regroup_advice(report.reuse["incremental"] if report.reuse else report.forecast.as_dict()):
+    if not by_file and (advice := regroup_advice(report.reuse["incremental"] if report.reuse else
+                                                 report.forecast.as_dict())):
         found.append(advice)
     for check in report.fidelity:
         if check.reference_std <= 10 * fid.FP32_TOL:

@@ -16,10 +16,11 @@ Plain arithmetic on measured rates, so it can be checked by hand (and is tested 
               CPU tasks run beside the model on the cores left; whichever takes more of the cores'
               time decides
   start-up, reported apart: Ray's start, then the scoring actors' start and model load: once a run,
-  or, where the input has a column named `path` (which hides each row's file from Ray Data), once for
-  each group of input files (groups.shard_groups), which it scores in turn; where those restarts cost
-  over a quarter of the wall time, `regroup_advice` says to rename the column, or names a --group-rows
-  that brings them near a tenth
+  or once an execution where the run takes its groups of input files (groups.shard_groups) in turn: a
+  --reuse run joins them in rounds of up to 4M rows (groups.join_rounds), and an input with a column
+  named `path` (which hides each row's file from Ray Data) a group at a time; where the latter's restarts
+  cost over a quarter of the wall time, `regroup_advice` says to rename the column, or names a
+  --group-rows that brings them near a tenth
   GPU-hours = G x (wall + start-up) / 3600: the GPUs are booked from the start
 
 Not in the wall time: reading and writing Parquet, Ray's own processes, top-k (small next to the
@@ -85,7 +86,7 @@ class Forecast:
     cpu_s: float  # wall seconds the CPU stage needs on the CPUs it gets
     wall_s: float  # the run without start-up
     startup_s: float  # Ray's fixed start-up and the scoring actors' starts, reported apart
-    actor_starts: int  # times the scoring actors start: once, or once a group of input files (a `path` column)
+    actor_starts: int  # times the scoring actors start: once an execution of the run (see the module docstring)
     actor_start_s: float  # each start: worker, imports, model load (in startup_s)
     bottleneck: str  # "model" or "tokenization"
     gpu_hours: float | None
@@ -106,8 +107,7 @@ class Forecast:
 def forecast(pairs: int, rates: Rates, cluster: Cluster, *, pairs_to_score: int | None = None,
              actor_starts: int = 1) -> Forecast:
     """The run over `pairs` input pairs, of which `pairs_to_score` (default all) need the tokenizer and
-    the model; `actor_starts`: times the scoring actors start and load the model (an input with a column
-    named `path`: once a group of input files)."""
+    the model; `actor_starts`: times the scoring actors start and load the model (once an execution)."""
     to_score = pairs if pairs_to_score is None else pairs_to_score
     cpu_core_s = pairs * rates.fingerprint_s_per_pair + to_score * rates.tokenize_s_per_pair
     actor_start = ACTOR_START_S + rates.model_load_s

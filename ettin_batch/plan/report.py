@@ -71,7 +71,8 @@ def _forecast(title: str, f: dict, dtype: str) -> list[str]:
                                f"{duration(f['cpu_s'])}: the {f['bottleneck']} decides)"),
              _row("start-up", f"+{duration(f['startup_s'])} (Ray's start, then the scoring actors' start and "
                               f"model load, ~{duration(f['actor_start_s'])}" + (
-                                  f", once for each of {f['actor_starts']} groups of files" if f["actor_starts"] > 1
+                                  f", {f['actor_starts']} times: the run scores its groups of files in "
+                                  f"{f['actor_starts']} executions" if f["actor_starts"] > 1
                                   else "") + "; not in the wall time)")]
     if f["gpu_hours"] is not None:
         cost = "" if f["cost"] is None else f", cost {f['cost']:,.2f}"

@@ -170,6 +170,7 @@ def test_reuse_reports_the_share_already_scored_and_the_incremental_run(shards, 
     assert reuse["usable"] and reuse["share"] == pytest.approx(0.5, abs=0.15)
     assert reuse["incremental"]["pairs_to_score"] == round(3000 * (1 - reuse["share"]))
     assert reuse["incremental"]["wall_s"] < report["forecast"]["wall_s"]
+    assert reuse["incremental"]["actor_starts"] == report["forecast"]["actor_starts"] == 1  # one join round
 
 
 def test_reuse_of_a_run_with_other_settings_shares_nothing_and_says_why(shards, tmp_path):

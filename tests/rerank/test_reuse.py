@@ -14,7 +14,7 @@ import pytest
 from ettin_batch.config import RerankConfig
 from ettin_batch import rerank
 from ettin_batch.errors import InputError
-from ettin_batch.pipeline import rerank as rerank_module
+from ettin_batch.pipeline import groups as groups_module
 from ettin_batch.pipeline.reuse import FINGERPRINT_COL, open_previous
 from ettin_batch.run_folder import RunFolder
 
@@ -72,7 +72,7 @@ def nights(tmp_path_factory, ray_session):
     # A resume group per file, joined in two rounds: files 1 and 2 together (the join mixes their rows, and each
     # group must still be whole and marked), then file 3 on its own.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(rerank_module, "REUSE_JOIN_ROWS", 250)
+        patch.setattr(groups_module, "REUSE_JOIN_ROWS", 250)
         incremental = rerank(RerankConfig.of(input=[str(root / "in2")], output=str(root / "incremental"),
                                           reuse=str(root / "night1"), group_rows=110, **base))
     return {"root": root, "night2": pa.concat_tables(night2), "changes": changes, "first": first, "full": full,
