@@ -135,7 +135,8 @@ def _score_groups(run: Run, groups: list[Group], header: bytes, mark_done, previ
         rejects = run.rejects(groups=tuple(g.key for g in groups))
         ds = run.score(run.tokenize(ds, rejects, schema=schema), rejects)
         write_groups(ds, run.folder, SCORES, groups, num_cpus=run.resources.cpus_per_task,
-                     window=max(4, 2 * run.resources.actors), done=mark_done, ordered=previous is None)
+                     # One group's blocks are in group order whatever their order: written as they come.
+                     window=max(4, 2 * run.resources.actors), done=mark_done, ordered=previous is None or len(groups) == 1)
 
 
 def _join_partitions(rows: int) -> int:
