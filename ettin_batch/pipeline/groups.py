@@ -118,6 +118,15 @@ def join_rounds(groups: list[Group], rows: int | None = None) -> list[list[Group
     return rounds
 
 
+def executions(groups: list[Group], columns, *, reuse: bool) -> list[list[Group]]:
+    """The groups each Ray Data execution of a run scores (`columns`: the input's). All in one, so the scoring
+    actors start once, except: an input column named `path` hides each row's file from Ray Data, so a group at
+    a time; --reuse's join takes in every pair of its execution before it hands any on, so rounds (join_rounds)."""
+    if PATH_COL in columns:
+        return [[g] for g in groups]
+    return join_rounds(groups) if reuse else [groups]
+
+
 @contextlib.contextmanager
 def in_input_order():
     """Ray Data keeps the input order in the datasets built (and run) inside: groups come one after another."""

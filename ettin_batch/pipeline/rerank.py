@@ -28,8 +28,8 @@ import pyarrow as pa
 
 from ettin_batch.config import RerankConfig
 from ettin_batch.pipeline import reuse
-from ettin_batch.pipeline.groups import (GROUP_COL, PATH_COL, Group, TagGroups, group_rows, in_group, in_input_order,
-                                         join_rounds, shard_groups, write_groups)
+from ettin_batch.pipeline.groups import (GROUP_COL, PATH_COL, Group, TagGroups, executions, group_rows, in_group,
+                                         in_input_order, shard_groups, write_groups)
 from ettin_batch.pipeline.inputs import InputPlan
 from ettin_batch.pipeline.manifest import RunResult
 from ettin_batch.pipeline.run import Run
@@ -66,7 +66,11 @@ def rerank(config: RerankConfig) -> RunResult:
         if why_not:
             log.warning("--reuse %s: %s; every pair will be scored", previous.folder.url(), why_not)
         to_score = [g for g in groups if g.key not in done]
-        rounds = _executions(run, to_score, reuse=bool(previous and not why_not))
+        rounds = executions(to_score, run.plan.schema.names, reuse=bool(previous and not why_not))
+        if len(rounds) > 1 and PATH_COL in run.plan.schema.names:
+            log.warning("the input has a column named %r, the name Ray Data gives each row's file: the %d groups "
+                        "of input files are scored one after another, each starting the scoring actors anew "
+                        "(rename the column to save that time)", PATH_COL, len(rounds))
         old_scores = reuse.previous_scores(previous, shared=len(rounds) > 1) if previous and not why_not else None
         for group in to_score:
             for entry in (SCORES, REJECTS):  # an unfinished group's partial files
@@ -97,19 +101,6 @@ def rerank(config: RerankConfig) -> RunResult:
         # --reuse: the previous run, whether its scores could be used, and how many pairs kept theirs.
         reuse=previous and {"from": previous.folder.url(), "usable": not why_not,
                             **({"why_not": why_not} if why_not else {}), "pairs_reused": run.totals["reused"]})
-
-
-def _executions(run: Run, groups: list[Group], *, reuse: bool) -> list[list[Group]]:
-    """The groups each Ray Data execution of the run scores. One execution for all of them, so the scoring actors
-    start once, except: --reuse's join takes in every pair of its execution before it hands any on, so it joins
-    groups.REUSE_JOIN_ROWS at a time; and an input column named `path` hides each row's file, so a group at a time."""
-    if PATH_COL in run.plan.schema.names:
-        if len(groups) > 1:
-            log.warning("the input has a column named %r, the name Ray Data gives each row's file: the %d groups "
-                        "of input files are scored one after another, each starting the scoring actors anew "
-                        "(rename the column to save that time)", PATH_COL, len(groups))
-        return [[g] for g in groups]
-    return join_rounds(groups) if reuse else [groups]
 
 
 def _score_groups(run: Run, groups: list[Group], header: bytes, mark_done, previous) -> None:

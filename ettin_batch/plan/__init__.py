@@ -65,7 +65,7 @@ def plan(config: PlanConfig, *, faults=None) -> PlanReport:
     faults: engine fault hooks (ettin_batch.engine.faults) for tests; None in real use.
     """
     from ettin_batch.engine.loading import check_model
-    from ettin_batch.pipeline.groups import PATH_COL, join_rounds, shard_groups
+    from ettin_batch.pipeline.groups import PATH_COL, executions, shard_groups
 
     config.validate()
     scoring = config.scoring
@@ -89,10 +89,9 @@ def plan(config: PlanConfig, *, faults=None) -> PlanReport:
     run, scores = measure_model(engine, pairs, batch, load_s, cluster.threads)
     rates = Rates(run.pairs_per_s, engine.device.type, stage.fingerprint_s / stage.pairs_in,
                   stage.tokenize_s / stage.pairs_in, load_s)
-    # The groups of input files share one start of the scoring actors (pipeline/rerank.py), except: a column named
-    # `path` hides each row's file from Ray Data, so each group starts them anew; --reuse joins them in rounds.
-    groups, by_file = shard_groups(inputs, config.group_rows), PATH_COL not in inputs.schema.names
-    starts = 1 if by_file else len(groups)
+    # One start of the scoring actors for each Ray Data execution the run would make (groups.executions).
+    groups, columns = shard_groups(inputs, config.group_rows), inputs.schema.names
+    by_file = PATH_COL not in columns
     settings = {"model_id": model.model_id, "revision": model.revision, "max_length": scoring.max_length,
                 "dtype": job_dtype}
     queries, estimated = count_queries(inputs, config.columns, sample)
@@ -101,9 +100,9 @@ def plan(config: PlanConfig, *, faults=None) -> PlanReport:
                "max_length": scoring.max_length, "job_dtype": job_dtype},
         input=_input_summary(inputs, sample, queries, estimated, pairs, config),
         measured={"machine": machine(), "cpu_stage": stage.as_dict(), "model": run.as_dict()},
-        forecast=forecast(inputs.num_rows, rates, cluster, actor_starts=starts),
+        forecast=forecast(inputs.num_rows, rates, cluster, actor_starts=len(executions(groups, columns, reuse=False))),
         reuse=previous and _reuse(previous, settings, out, inputs.num_rows, rates, cluster,
-                                  len(join_rounds(groups)) if by_file else starts),
+                                  len(executions(groups, columns, reuse=True))),
         fidelity=_fidelity(config, model.path, engine, scores, out, pairs, faults) if config.fidelity else [])
     report.warnings = _warnings(report, by_file)
     return report
